@@ -1,0 +1,3 @@
+"""stackforge: reproducible vLLM/PyTorch/Triton builds for Pascal and Volta GPUs."""
+
+__version__ = "0.1.0"

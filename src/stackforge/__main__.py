@@ -1,0 +1,5 @@
+import sys
+
+from stackforge.cli import main
+
+sys.exit(main())
