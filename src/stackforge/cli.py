@@ -37,7 +37,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stackforge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stackforge {__version__}")
-    parser.add_argument("--root", help="workspace root (default: $STACKFORGE_ROOT or the nearest git-repos.txt)")
+    parser.add_argument(
+        "--root", help="workspace root (default: $STACKFORGE_ROOT or the nearest git-repos.txt)"
+    )
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     groups = {"": top}
     for group, help_text in (

@@ -1,5 +1,212 @@
-"""Placeholder: being written."""
+"""Patch series: `patches export` (commits above the pin -> patches/<name>/) and
+`patches check` (apply a series to a scratch worktree and say how each patch fares).
+
+Export uses fixed `git format-patch` options and no user git config, so the same commits give
+the same files on every machine and diffs of patches/ stay small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from stackforge.console import Failure, UsageError, err, info, print_json
+from stackforge.gitcmd import HERMETIC, Git
+from stackforge.manifest import load_manifest
+from stackforge.sources import Checkouts, _has, read_state, series_files
+from stackforge.workspace import Workspace, find_workspace
+
+# --zero-commit and -N keep a patch's bytes independent of the commit SHA and of the series
+# length; --full-index keeps index lines independent of how many objects a clone has.
+FORMAT_PATCH = ["format-patch", "--zero-commit", "--no-signature", "-N", "--full-index"]
 
 
-def register(groups) -> None:
-    """No commands yet."""
+@dataclass
+class PatchResult:
+    patch: str
+    verdict: str  # clean | offset | fuzz | 3way | conflict
+    files: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict != "conflict"
+
+
+def _touched(patch: Path) -> list[str]:
+    return sorted(set(re.findall(r"^diff --git a/(\S+) b/", patch.read_text(errors="replace"), re.M)))
+
+
+def check_series(repo: Path, base: str, patch_files: list[Path], git: Git | None = None) -> list[PatchResult]:
+    """Apply `patch_files` in order on `base` in a scratch worktree of `repo`; never touches `repo`'s
+    own worktree. Each patch is tried strictly, then with one line of context (like `patch`'s fuzz),
+    then as a 3-way merge; it is committed so the next patch sees it."""
+    git = git or Git(quiet=True)
+    scratch = Path(tempfile.mkdtemp(prefix="stackforge-check-"))
+    work = scratch / "wt"
+    results: list[PatchResult] = []
+    git.run(["worktree", "add", "--detach", "--force", str(work), base], repo, echo=False)
+    try:
+        for patch in patch_files:
+            files = _touched(patch)
+            strict = git.run(["apply", "--verbose", "--index", str(patch)], work, check=False, echo=False)
+            if strict.ok:
+                offsets = re.findall(r"Hunk #\d+ succeeded at \d+ \(offset (-?\d+) lines?\)", strict.stderr)
+                verdict = "offset" if offsets else "clean"
+                detail = f"offset {', '.join(offsets)} line(s)" if offsets else ""
+            elif git.run(["apply", "-C1", "--index", str(patch)], work, check=False, echo=False).ok:
+                verdict, detail = "fuzz", "applies only with reduced context (-C1)"
+            elif git.run(["apply", "--3way", "--index", str(patch)], work, check=False, echo=False).ok:
+                verdict, detail = "3way", "applies only as a 3-way merge"
+            else:
+                failing = sorted(set(re.findall(r"error: patch failed: (\S+):\d+", strict.stderr)))
+                failing += sorted(set(re.findall(r"error: (\S+): does not exist in index", strict.stderr)))
+                git.run(["reset", "--hard", "--quiet"], work, check=False, echo=False)
+                results.append(PatchResult(patch.name, "conflict", failing or files, strict.stderr.strip()))
+                continue  # later patches are still tried, on a tree without this one
+            msg = f"stackforge check: {patch.name}"
+            git.run(
+                ["commit", "--quiet", "--allow-empty", "-m", msg], work, env=HERMETIC, check=False, echo=False
+            )
+            results.append(PatchResult(patch.name, verdict, files, detail))
+    finally:
+        git.run(["worktree", "remove", "--force", str(work)], repo, check=False, echo=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+        git.run(["worktree", "prune"], repo, check=False, echo=False)
+    return results
+
+
+def export_series(ws: Workspace, name: str, *, dry_run: bool = False) -> list[Path]:
+    """Write the commits between the pin and HEAD of sources/<name> as patches/<name>/NNNN-*.patch,
+    replacing the series (the old one is kept under .stackforge/backups/), then rebuild the
+    checkout from pin + new series so its HEAD is the canonical one."""
+    src = load_manifest(ws.manifest).get(name)
+    dest = ws.checkout(name)
+    git = Git(ws.state / "logs" / f"sources-{name}.log")
+    if not (dest / ".git").exists():
+        raise UsageError(f"sources/{name} is not cloned", hint=f"run `stackforge clone {name}` first")
+    checkouts = Checkouts(ws)
+    if checkouts.dirty(dest, git):
+        raise Failure(
+            f"sources/{name} has uncommitted changes", hint="commit them (they become patches) and run again"
+        )
+    if (
+        not _has(dest, git, src.commit)
+        or git.run(["merge-base", "--is-ancestor", src.commit, "HEAD"], dest, check=False).returncode
+    ):
+        raise Failure(
+            f"HEAD of sources/{name} does not descend from the pin {src.short}",
+            hint=f"rebase your commits onto {src.commit} first",
+        )
+    commits = git.out(["rev-list", "--reverse", f"{src.commit}..HEAD"], dest).split()
+    if any(len(git.out(["rev-list", "--parents", "-n1", c], dest).split()) > 2 for c in commits):
+        raise Failure(
+            f"sources/{name}: merge commits above the pin cannot become a patch series",
+            hint="rebase them linearly",
+        )
+    head = git.out(["rev-parse", "HEAD"], dest)
+    if dry_run:
+        info(f"would write {len(commits)} patch(es) to patches/{name}/ from {src.short}..{head[:12]}")
+        return []
+    staging = Path(tempfile.mkdtemp(prefix=f"stackforge-export-{name}-"))
+    try:
+        if commits:
+            git.run([*FORMAT_PATCH, "-o", str(staging), f"{src.commit}..HEAD"], dest, env=HERMETIC)
+        target = ws.patch_dir(name)
+        old = series_files(ws, name)
+        if old:
+            backup = ws.state / "backups" / f"patches-{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            backup.mkdir(parents=True, exist_ok=True)
+            for f in old:
+                shutil.copy2(f, backup / f.name)
+            info(f"previous series saved in {backup}")
+            for f in old:
+                f.unlink()
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        for f in sorted(staging.glob("*.patch")):
+            shutil.move(str(f), target / f.name)
+            written.append(target / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    # Keep the user's commits reachable, then make HEAD the canonical pin + series.
+    git.run(["update-ref", f"refs/stackforge/exported/{head}", head], dest)
+    tree = git.out(["rev-parse", "HEAD^{tree}"], dest)
+    state = read_state(dest)
+    if state is not None:
+        state.phase = "failed"  # forces the re-apply below; HEAD is the user's, already saved
+        state.head = head
+        from stackforge.sources import write_state
+
+        write_state(dest, state)
+    result = checkouts.sync(src, force=True)
+    new_tree = git.out(["rev-parse", "HEAD^{tree}"], dest)
+    if new_tree != tree:
+        raise Failure(
+            f"re-applying the exported series to sources/{name} gave a different tree ({new_tree[:12]} != {tree[:12]})",
+            hint=f"your commits are kept at refs/stackforge/exported/{head}",
+        )
+    info(
+        f"exported {len(written)} patch(es) to patches/{name}/; sources/{name} HEAD is now {result.head[:12]}"
+    )
+    return written
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    ws = find_workspace(args.root)
+    written = export_series(ws, args.name, dry_run=args.dry_run)
+    if args.json:
+        print_json([str(p.relative_to(ws.root)) for p in written])
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    ws = find_workspace(args.root)
+    manifest = load_manifest(ws.manifest)
+    failed = False
+    report = {}
+    for name in args.names or [s.name for s in manifest.sources if series_files(ws, s.name)]:
+        src = manifest.get(name)
+        dest = ws.checkout(name)
+        if not (dest / ".git").exists():
+            raise UsageError(f"sources/{name} is not cloned", hint=f"run `stackforge clone {name}` first")
+        git = Git(ws.state / "logs" / f"sources-{name}.log", quiet=args.json)
+        rev = args.rev or src.commit
+        if not _has(dest, git, rev):
+            git.network(["fetch", "--filter=blob:none", "origin", rev], dest, what=f"fetching {rev}")
+        base = git.out(["rev-parse", "--verify", f"{rev}^{{commit}}"], dest)
+        results = check_series(dest, base, series_files(ws, name), git)
+        report[name] = {"base": base, "patches": [asdict(r) for r in results]}
+        failed |= not all(r.ok for r in results)
+        if not args.json:
+            err.print(f"[bold]{name}[/bold] at {base[:12]}{' (' + args.rev + ')' if args.rev else ''}:")
+            for r in results:
+                colour = {"clean": "green", "offset": "green", "conflict": "red"}.get(r.verdict, "yellow")
+                extra = f"  {r.detail}" if r.verdict not in ("clean", "conflict") else ""
+                files = f"  ({', '.join(r.files)})" if r.verdict == "conflict" else ""
+                err.print(f"  [{colour}]{r.verdict:>8}[/{colour}]  {r.patch}{files}{extra}")
+    if args.json:
+        print_json(report)
+    return 1 if failed else 0
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    sub = groups["patches"]
+    p = sub.add_parser("export", help="turn the commits above the pin in sources/NAME into patches/NAME/")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--dry-run", action="store_true", help="say what would be written, change nothing")
+    p.add_argument("--json", action="store_true", help="print the written files as JSON")
+    p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("check", help="apply a series to a scratch worktree and report each patch")
+    p.add_argument("names", nargs="*", metavar="NAME", help="default: every source that has patches")
+    p.add_argument("--rev", help="check against this commit instead of the pin (e.g. a new upstream release)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=_cmd_check)

@@ -1,0 +1,82 @@
+"""Shared pytest fixtures: real git upstreams, a workspace, and the CLI run in-process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from gitfixtures import Upstream, make_patch, write_manifest
+
+from stackforge.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = REPO_ROOT.parent / "shared" / "schemas"
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network retries without sleeping, and no workspace leaking in from the environment."""
+    monkeypatch.setenv("STACKFORGE_RETRY_DELAY", "0")
+    monkeypatch.delenv("STACKFORGE_ROOT", raising=False)
+    monkeypatch.delenv("STACKFORGE_MIRROR", raising=False)
+
+
+@dataclass
+class Stack:
+    """Two upstreams (app with a submodule lib) and a workspace pinning app with a 2-patch series."""
+
+    root: Path
+    app: Upstream
+    lib: Upstream
+    mirror: Path
+    pin: str
+
+    def manifest(self, pin: str | None = None, extra: str = "") -> None:
+        write_manifest(self.root, [f"app {self.app.url} {pin or self.pin} ref=v1 {extra}".rstrip()])
+
+    def run(self, *args: str) -> int:
+        return main(["--root", str(self.root), *args])
+
+    @property
+    def checkout(self) -> Path:
+        return self.root / "sources" / "app"
+
+    @property
+    def patch_dir(self) -> Path:
+        return self.root / "patches" / "app"
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    mirror = tmp_path / "mirror"
+    lib = Upstream(mirror / "lib.git")
+    lib.commit({"lib.c": "int lib(void) { return 1; }\n"}, "lib: first")
+    app = Upstream(mirror / "app.git")
+    app.commit({"main.c": "int main(void) { return 0; }\n", "README": "app\n"}, "app: first")
+    app.add_submodule(lib, "third_party/lib", url="https://example.invalid/upstream/lib.git")
+    for i in range(3):
+        app.commit(
+            {"CHANGES": f"release {i}\n" + "\n".join(f"line {n}" for n in range(20)) + "\n"}, f"release {i}"
+        )
+    root = tmp_path / "ws"
+    root.mkdir()
+    st = Stack(root=root, app=app, lib=lib, mirror=mirror, pin=app.head)
+    st.manifest()
+    make_patch(app, st.pin, {"main.c": "int main(void) { return 42; }\n"}, st.patch_dir, "app: return 42", 1)
+    text = (app.path / "CHANGES").read_text().replace("line 10\n", "line 10 patched\n")
+    make_patch(app, st.pin, {"CHANGES": text}, st.patch_dir, "app: patch changes", 2)
+    return st
+
+
+@pytest.fixture
+def in_dir(tmp_path: Path):
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)
