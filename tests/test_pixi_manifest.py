@@ -1,0 +1,120 @@
+"""pixi.toml cannot be run here (no pixi binary, no conda-forge), so it is checked by schema, by
+its agreement with the variant files, and by running every task's command on a workspace."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, SCHEMAS
+
+from stackforge.envs import load_env
+from stackforge.workspace import Workspace
+
+PIXI = tomllib.loads((REPO_ROOT / "pixi.toml").read_text())
+
+# What each task is run with here: arguments that make it safe (--dry-run, --help) on a copy of
+# the workspace. A task with no entry fails the test: every new task must say how it is checked.
+PROBES: dict[str, list[str]] = {
+    "clone-all": ["--dry-run"],
+    "clone": ["vllm", "--dry-run"],
+    "status": [],
+    "patches-check": ["--help"],
+    "patches-export": ["--help"],
+    "test": ["--collect-only", "-q", "tests/test_manifest.py"],
+    "lint": [],
+}
+
+
+def all_tasks() -> dict[str, dict]:
+    tasks = dict(PIXI.get("tasks", {}))
+    for feature in PIXI.get("feature", {}).values():
+        tasks.update(feature.get("tasks", {}))
+    return {name: (t if isinstance(t, dict) else {"cmd": t}) for name, t in tasks.items()}
+
+
+def test_manifest_validates_against_pixi_schema():
+    schema_file = SCHEMAS / "pixi-manifest.schema.json"
+    if not schema_file.is_file():
+        pytest.skip(f"schemas not found at {SCHEMAS} (they live beside the project, in ../shared/schemas)")
+    import jsonschema
+
+    schema = json.loads(schema_file.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(PIXI), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_gpu_environments_agree_with_variant_files():
+    ws = Workspace(REPO_ROOT)
+    for env in ("pascal", "volta"):
+        activation = PIXI["feature"][env]["activation"]["env"]
+        gpu = load_env(ws, env)
+        assert activation["STACKFORGE_ENV"] == env
+        assert activation["TORCH_CUDA_ARCH_LIST"] == gpu.torch_cuda_arch_list
+        assert gpu.cuda_version.startswith("12.")
+        assert env in PIXI["environments"]
+    assert load_env(ws, "pascal").archs == (60, 61) and load_env(ws, "volta").archs == (70,)
+    assert PIXI["feature"]["cuda-build"]["dependencies"]["cuda-version"].startswith("12.")
+
+
+def test_every_task_is_described_and_probed():
+    tasks = all_tasks()
+    assert {"clone-all", "clone", "status", "test"} <= set(tasks)
+    missing = sorted(set(tasks) - set(PROBES))
+    assert not missing, f"tasks without a probe in {__file__}: {missing}"
+    for name, task in tasks.items():
+        assert task.get("description"), f"task {name} has no description"
+
+
+@pytest.fixture(scope="module")
+def task_workspace(tmp_path_factory) -> Path:
+    """A copy of this workspace's inputs (no checkouts, no packages)."""
+    root = tmp_path_factory.mktemp("pixi-tasks")
+    for item in (
+        "git-repos.txt",
+        "pixi.toml",
+        "pyproject.toml",
+        "recipes",
+        "patches",
+        "scripts",
+        "run_simple.sh",
+    ):
+        src = REPO_ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, root / item)
+        elif src.is_file():
+            shutil.copy2(src, root / item)
+    for item in ("src", "tests", "benchmarks"):
+        (root / item).symlink_to(REPO_ROOT / item)
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(all_tasks()))
+def test_task_command_runs(name: str, task_workspace: Path):
+    task = all_tasks()[name]
+    if name not in PROBES:
+        pytest.fail(f"task {name} has no probe")
+    bindir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "PIXI_PROJECT_ROOT": str(task_workspace),
+        "STACKFORGE_ROOT": str(task_workspace),
+        "STACKFORGE_ENV": "pascal",
+        "TORCH_CUDA_ARCH_LIST": "6.0;6.1",
+    }
+    # pixi appends the user's extra arguments to the command, as done here
+    command = " ".join([task["cmd"], *PROBES[name]])
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=task_workspace, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, (
+        f"{name}: `{command}` exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    )
