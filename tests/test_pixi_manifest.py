@@ -29,6 +29,8 @@ PROBES: dict[str, list[str]] = {
     "patches-export": ["--help"],
     "test": ["--collect-only", "-q", "tests/test_manifest.py"],
     "lint": [],
+    "serve": ["--help"],
+    "run-simple": ["--help"],
 }
 
 
@@ -39,7 +41,8 @@ def all_tasks() -> dict[str, dict]:
     return {name: (t if isinstance(t, dict) else {"cmd": t}) for name, t in tasks.items()}
 
 
-def test_manifest_validates_against_pixi_schema():
+@pytest.mark.parametrize("manifest", ["pixi.toml", "runtime/pixi.toml"])
+def test_manifest_validates_against_pixi_schema(manifest: str):
     schema_file = SCHEMAS / "pixi-manifest.schema.json"
     if not schema_file.is_file():
         pytest.skip(f"schemas not found at {SCHEMAS} (they live beside the project, in ../shared/schemas)")
@@ -47,7 +50,8 @@ def test_manifest_validates_against_pixi_schema():
 
     schema = json.loads(schema_file.read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = sorted(validator.iter_errors(PIXI), key=lambda e: list(e.path))
+    data = tomllib.loads((REPO_ROOT / manifest).read_text())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
 
 
