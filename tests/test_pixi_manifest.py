@@ -31,6 +31,8 @@ PROBES: dict[str, list[str]] = {
     "lint": [],
     "serve": ["--help"],
     "run-simple": ["--help"],
+    "audit": ["binaries", "--help"],
+    "doctor": ["--json"],  # no GPU here: a plain report, exit 0
 }
 
 

@@ -95,7 +95,9 @@ def extract_package(package: Path, dest: Path) -> Path:
     try:
         extract(package, dest)
     except Exception as exc:  # rattler raises its own exception types
-        raise Failure(f"{package}: cannot extract: {exc}", hint="rebuild the package; it may be truncated") from exc
+        raise Failure(
+            f"{package}: cannot extract: {exc}", hint="rebuild the package; it may be truncated"
+        ) from exc
     return dest
 
 
@@ -113,7 +115,9 @@ def candidate_files(root: Path) -> Iterable[Path]:
                 yield path
 
 
-def audit_files(files: list[tuple[str, Path]], archs: tuple[int, ...], cuobjdump: Path) -> list[LibraryReport]:
+def audit_files(
+    files: list[tuple[str, Path]], archs: tuple[int, ...], cuobjdump: Path
+) -> list[LibraryReport]:
     """Run cuobjdump over (label, path) pairs, a few at a time, and judge each against `archs`."""
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         embedded = list(pool.map(lambda item: list_embedded(cuobjdump, item[1]), files))
@@ -184,7 +188,9 @@ def run(args: argparse.Namespace) -> int:
     ws = find_workspace(args.root)
     env_name = args.env or os.environ.get("STACKFORGE_ENV")
     if not env_name:
-        raise UsageError("which environment? no -e ENV and STACKFORGE_ENV is unset", hint="pass -e pascal or -e volta")
+        raise UsageError(
+            "which environment? no -e ENV and STACKFORGE_ENV is unset", hint="pass -e pascal or -e volta"
+        )
     env = load_env(ws, env_name)
     cuobjdump = find_cuobjdump([ws.root / ".pixi" / "envs" / env.name])
     with tempfile.TemporaryDirectory(prefix="stackforge-audit-") as scratch:
@@ -216,7 +222,9 @@ def run(args: argparse.Namespace) -> int:
             "arch list (TORCH_CUDA_ARCH_LIST / CMAKE_CUDA_ARCHITECTURES), or add PTX for the oldest one",
         )
     if not args.json:
-        out.print(f"[green]ok[/green]: {len(reports)} libraries have code for {', '.join(f'sm_{a}' for a in env.archs)}")
+        out.print(
+            f"[green]ok[/green]: {len(reports)} libraries have code for {', '.join(f'sm_{a}' for a in env.archs)}"
+        )
     return 0
 
 
@@ -227,6 +235,8 @@ def register(groups) -> None:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("-e", "--env", help="GPU environment (default: $STACKFORGE_ENV)")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="packages, libraries or folders (default: output/ packages)")
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="packages, libraries or folders (default: output/ packages)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     p.set_defaults(func=run)

@@ -184,7 +184,9 @@ def query_gpus(report: Report) -> None:
         else:
             report.gpus = parse_smi_csv(proc.stdout) if proc.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired) as exc:
-        report.add("error", f"{smi} did not run: {exc}", "reinstall the NVIDIA driver (R580 for Pascal/Volta)")
+        report.add(
+            "error", f"{smi} did not run: {exc}", "reinstall the NVIDIA driver (R580 for Pascal/Volta)"
+        )
         return
     if report.gpus:
         return
@@ -199,7 +201,11 @@ def query_gpus(report: Report) -> None:
     else:
         first = answer.splitlines()[0] if answer else f"exit {proc.returncode}, no output"
         report.smi_message = f"nvidia-smi failed: {first}"
-        report.add("error", f"nvidia-smi failed: {first}", "load or reinstall the NVIDIA driver (R580 for Pascal/Volta)")
+        report.add(
+            "error",
+            f"nvidia-smi failed: {first}",
+            "load or reinstall the NVIDIA driver (R580 for Pascal/Volta)",
+        )
 
 
 def pick_envs(report: Report, ws: Workspace | None) -> None:
@@ -207,13 +213,21 @@ def pick_envs(report: Report, ws: Workspace | None) -> None:
     if not report.gpus:
         return
     if ws is None:
-        report.add("warning", "not inside a stackforge workspace", "run from the checkout (or pass --root) to get an environment")
+        report.add(
+            "warning",
+            "not inside a stackforge workspace",
+            "run from the checkout (or pass --root) to get an environment",
+        )
         return
     for gpu in report.gpus:
         env = env_for_capability(ws, gpu.arch) if gpu.arch is not None else None
         gpu.env = env.name if env else None
         if gpu.arch is None:
-            report.add("warning", f"GPU {gpu.index} ({gpu.name}): compute capability unknown", "update the driver to R580 so nvidia-smi reports compute_cap")
+            report.add(
+                "warning",
+                f"GPU {gpu.index} ({gpu.name}): compute capability unknown",
+                "update the driver to R580 so nvidia-smi reports compute_cap",
+            )
         elif env is None:
             report.add(
                 "warning",
@@ -234,7 +248,11 @@ def pick_envs(report: Report, ws: Workspace | None) -> None:
             f"{name}: CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={','.join(map(str, idx))} pixi run -e {name} ..."
             for name, idx in by_env.items()
         )
-        report.add("warning", f"mixed GPUs: {', '.join(f'{g.index}={g.name}' for g in report.gpus)}", f"one environment per GPU group: {split}")
+        report.add(
+            "warning",
+            f"mixed GPUs: {', '.join(f'{g.index}={g.name}' for g in report.gpus)}",
+            f"one environment per GPU group: {split}",
+        )
 
 
 def check_driver(report: Report, ws: Workspace | None) -> None:
@@ -313,26 +331,44 @@ def arch_list_covers(arch_list: list[str], arch: int) -> bool:
 def check_packages(report: Report, ws: Workspace | None) -> None:
     pkgs = report.packages
     if "error" in pkgs:
-        report.add("warning", f"could not probe packages with {pkgs['python']}: {pkgs['error']}", "pass --python PATH of the environment's interpreter")
+        report.add(
+            "warning",
+            f"could not probe packages with {pkgs['python']}: {pkgs['error']}",
+            "pass --python PATH of the environment's interpreter",
+        )
         return
     pins = expected_pins(ws)
     for dist in ("torch", "triton", "vllm"):
         have = pkgs.get(dist)
         if have and have.split("+")[0] != pins[dist]:
-            report.add("warning", f"{dist} {have} is installed; this stack pins {pins[dist]}", f"use the stackforge-built {dist} {pins[dist]} (pixi run -e <env> ...)")
+            report.add(
+                "warning",
+                f"{dist} {have} is installed; this stack pins {pins[dist]}",
+                f"use the stackforge-built {dist} {pins[dist]} (pixi run -e <env> ...)",
+            )
     if not pkgs.get("torch"):
         return
     if pkgs.get("torch_error"):
-        report.add("error", f"import torch failed: {pkgs['torch_error']}", "reinstall torch in this environment")
+        report.add(
+            "error", f"import torch failed: {pkgs['torch_error']}", "reinstall torch in this environment"
+        )
         return
     old = [g for g in report.gpus if g.arch is not None and g.arch < OLD_GPU_LIMIT]
     cuda = pkgs.get("torch_cuda")
     if cuda is None:
         if report.gpus:
-            report.add("error", f"torch {pkgs['torch']} is a CPU-only build", "install the stackforge CUDA build of torch")
+            report.add(
+                "error",
+                f"torch {pkgs['torch']} is a CPU-only build",
+                "install the stackforge CUDA build of torch",
+            )
         return
     if old and version_tuple(cuda)[:1] >= (13,):
-        report.add("error", f"torch {pkgs['torch']} is built with CUDA {cuda}, which cannot run on compute capability < 7.5", "use a CUDA 12.x build (the stackforge environments use 12.9)")
+        report.add(
+            "error",
+            f"torch {pkgs['torch']} is built with CUDA {cuda}, which cannot run on compute capability < 7.5",
+            "use a CUDA 12.x build (the stackforge environments use 12.9)",
+        )
     arch_list = pkgs.get("arch_list") or []
     for gpu in report.gpus:
         if gpu.arch is not None and arch_list and not arch_list_covers(arch_list, gpu.arch):
@@ -371,17 +407,28 @@ def render(report: Report) -> None:
         out.print(report.smi_message or "no GPU found")
     if report.recommended_env:
         devices = f" on GPUs {report.recommended_devices}" if report.recommended_devices else ""
-        out.print(f"environment: [bold]{report.recommended_env}[/bold]{devices} (pixi run -e {report.recommended_env} ...)")
+        out.print(
+            f"environment: [bold]{report.recommended_env}[/bold]{devices} (pixi run -e {report.recommended_env} ...)"
+        )
     pkgs = report.packages
-    found = ", ".join(f"{d} {pkgs[d]}" for d in ("torch", "triton", "vllm") if pkgs.get(d)) or "no torch/triton/vllm"
-    extra = f" (CUDA {pkgs['torch_cuda']}; archs {' '.join(pkgs.get('arch_list') or []) or '?'})" if pkgs.get("torch_cuda") else ""
+    found = (
+        ", ".join(f"{d} {pkgs[d]}" for d in ("torch", "triton", "vllm") if pkgs.get(d))
+        or "no torch/triton/vllm"
+    )
+    extra = (
+        f" (CUDA {pkgs['torch_cuda']}; archs {' '.join(pkgs.get('arch_list') or []) or '?'})"
+        if pkgs.get("torch_cuda")
+        else ""
+    )
     out.print(f"python {pkgs.get('python')}: {found}{extra}")
     for p in report.problems:
         mark = "[red]error[/red]" if p.level == "error" else "[yellow]warning[/yellow]"
         out.print(f"{mark}: {p.what}\n  what to do: {p.advice}")
     if not report.gpus and report.nvidia_smi is None:
-        out.print("what to do: on a machine with a Pascal or Volta GPU, install the NVIDIA R580 driver; "
-                  "without a GPU you can still build (pixi run -e pascal ...) and audit (stackforge audit binaries)")
+        out.print(
+            "what to do: on a machine with a Pascal or Volta GPU, install the NVIDIA R580 driver; "
+            "without a GPU you can still build (pixi run -e pascal ...) and audit (stackforge audit binaries)"
+        )
     if not report.problems:
         out.print("[green]no problems found[/green]")
 
@@ -405,6 +452,12 @@ def register(groups) -> None:
         help="detect GPUs, pick the environment, check driver and installed torch/triton/vllm",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--json", action="store_true", help="machine-readable report (key recommended_env) on stdout")
-    p.add_argument("--python", default=sys.executable, help="interpreter whose torch/triton/vllm to check (default: this one)")
+    p.add_argument(
+        "--json", action="store_true", help="machine-readable report (key recommended_env) on stdout"
+    )
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter whose torch/triton/vllm to check (default: this one)",
+    )
     p.set_defaults(func=run)
