@@ -99,3 +99,10 @@ def test_export_dry_run_writes_nothing(stack, capsys):
     assert stack.run("patches", "export", "app", "--dry-run") == 0
     assert sorted(p.name for p in stack.patch_dir.iterdir()) == before
     assert "would write 2 patch(es)" in capsys.readouterr().err
+
+
+def test_check_series_accepts_relative_patch_paths(stack, monkeypatch):
+    _clone(stack)
+    monkeypatch.chdir(stack.root)
+    relative = [p.relative_to(stack.root) for p in series_files(Workspace(stack.root), "app")]
+    assert [r.verdict for r in check_series(stack.checkout, stack.pin, relative)] == ["clean", "clean"]

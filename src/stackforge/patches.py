@@ -47,6 +47,7 @@ def check_series(repo: Path, base: str, patch_files: list[Path], git: Git | None
     own worktree. Each patch is tried strictly, then with one line of context (like `patch`'s fuzz),
     then as a 3-way merge; it is committed so the next patch sees it."""
     git = git or Git(quiet=True)
+    patch_files = [p.resolve() for p in patch_files]  # git apply runs inside the scratch worktree
     scratch = Path(tempfile.mkdtemp(prefix="stackforge-check-"))
     work = scratch / "wt"
     results: list[PatchResult] = []
