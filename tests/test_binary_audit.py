@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from stackforge.binary_audit import build_string_archs, package_build_string
+from stackforge.binary_audit import package_build_string
+from stackforge.envs import build_string_archs
 from stackforge.cli import main
 from stackforge.cudabin import Embedded, Sass, find_cuobjdump, list_embedded, triton_bin_dir
 
@@ -207,7 +208,7 @@ def test_installed_prefix_is_walked_and_links_are_skipped(tmp_path: Path, worksp
 
 
 def test_build_string_archs() -> None:
-    assert build_string_archs("cuda129_sm60.61_h1a2b3c4d_0") == (60, 61)
+    assert build_string_archs("cuda129_sm60_61_h1a2b3c4d_0") == (60, 61)
     assert build_string_archs("cuda129_sm70_h1a2b3c4d_0") == (70,)
     assert build_string_archs("py312_h1a2b3c4d_0") is None
     assert (
@@ -222,7 +223,7 @@ def test_default_audits_the_channel_packages_of_the_env(tmp_path: Path, workspac
 
     channel = workspace / "output" / "linux-64"
     channel.mkdir(parents=True)
-    for build, sass in (("cuda129_sm60.61_h0123abcd_0", [61]), ("cuda129_sm70_h0123abcd_0", [70])):
+    for build, sass in (("cuda129_sm60_61_h0123abcd_0", [61]), ("cuda129_sm70_h0123abcd_0", [70])):
         staged = tmp_path / build / "files"
         (staged / "lib").mkdir(parents=True)
         shared_library(staged / "lib", "demo_cuda", sass=sass)
@@ -236,7 +237,7 @@ def test_default_audits_the_channel_packages_of_the_env(tmp_path: Path, workspac
     assert audit(workspace, "-e", "pascal") == 1
     captured = capsys.readouterr()
     assert (
-        "demo-kernels-1.0-cuda129_sm60.61_h0123abcd_0.conda:lib/libdemo_cuda.so: no SASS or JIT-able PTX for sm_60"
+        "demo-kernels-1.0-cuda129_sm60_61_h0123abcd_0.conda:lib/libdemo_cuda.so: no SASS or JIT-able PTX for sm_60"
         in captured.err
     )
 
@@ -244,7 +245,7 @@ def test_default_audits_the_channel_packages_of_the_env(tmp_path: Path, workspac
 def test_no_packages_for_env_says_what_to_do(workspace: Path, capsys) -> None:
     assert audit(workspace, "-e", "pascal") == 1
     err = capsys.readouterr().err
-    assert "no packages built for environment 'pascal'" in err and "sm60.61" in err
+    assert "no packages built for environment 'pascal'" in err and "sm60_61" in err
 
 
 def test_unknown_env_is_a_usage_error(workspace: Path, capsys) -> None:

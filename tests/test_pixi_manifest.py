@@ -32,6 +32,10 @@ PROBES: dict[str, list[str]] = {
     "serve": ["--help"],
     "run-simple": ["--help"],
     "audit": ["binaries", "--help"],
+    "build-cuda": ["--dry-run"],
+    "verify": ["--help"],
+    "lock": ["--help"],
+    "demo": ["--help"],
     "doctor": ["--json"],  # no GPU here: a plain report, exit 0
 }
 
@@ -124,3 +128,14 @@ def test_task_command_runs(name: str, task_workspace: Path):
     assert proc.returncode == 0, (
         f"{name}: `{command}` exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     )
+
+
+def test_test_environment_matches_pyproject_test_extra():
+    """`pixi run test` and `pip install -e '.[test]'` must install the same pinned tools."""
+    import re
+
+    extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    pinned = {m.group(1).lower(): m.group(2) for r in extra if (m := re.fullmatch(r"([\w.-]+)==([\w.]+)", r))}
+    pypi = {k.lower(): v for k, v in PIXI["feature"]["test"]["pypi-dependencies"].items()}
+    for name, version in pinned.items():
+        assert pypi.get(name) == f"=={version}", f"pixi.toml [feature.test.pypi-dependencies] lacks {name}=={version}"

@@ -232,7 +232,7 @@ def test_redact_hides_tokens():
 
 
 def test_build_tags_match_the_build_strings():
-    assert runtime.build_tag(load_env(WS, "pascal")) == "cuda129_sm60.61_"
+    assert runtime.build_tag(load_env(WS, "pascal")) == "cuda129_sm60_61_"
     assert runtime.build_tag(load_env(WS, "volta")) == "cuda129_sm70_"
 
 
@@ -333,7 +333,7 @@ def test_built_for_one_environment_only(tmp_path: Path):
     ws = make_workspace(tmp_path / "ws", built=("pascal",))
     found = runtime.check_built(ws, load_env(ws, "pascal"))
     assert [(p.name, p.version, p.build) for p in found] == [
-        (name, pin, "cuda129_sm60.61_h0123abcd_0") for name, pin in PINS.items()
+        (name, pin, "cuda129_sm60_61_h0123abcd_0") for name, pin in PINS.items()
     ]
     with pytest.raises(Failure) as exc:
         runtime.check_built(ws, load_env(ws, "volta"))

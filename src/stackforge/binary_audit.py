@@ -7,7 +7,7 @@ Otherwise the user meets "no kernel image is available for execution on the devi
 after the build succeeded: this audit catches that before shipping.
 
 By default it audits the packages in the workspace channel (output/) whose build string carries
-the environment's archs (`..._sm60.61_h<hash>_0`); PATHs may name packages, libraries or folders
+the environment's archs (`..._sm60_61_h<hash>_0`); PATHs may name packages, libraries or folders
 (an installed prefix) instead.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +25,10 @@ from rich.table import Table
 
 from stackforge.console import Failure, UsageError, info, out, print_json
 from stackforge.cudabin import Coverage, Embedded, find_cuobjdump, list_embedded, may_hold_device_code
-from stackforge.envs import GpuEnv, load_env
+from stackforge.envs import GpuEnv, build_string_archs, load_env
 from stackforge.workspace import Workspace, find_workspace
 
 PACKAGE_SUFFIXES = (".conda", ".tar.bz2")
-_BUILD_ARCHS = re.compile(r"(?:^|_)sm(\d+(?:\.\d+)*)(?=_|$)")
 
 
 @dataclass
@@ -53,14 +51,6 @@ class LibraryReport:
             "coverage": {f"sm_{c.arch}": {"status": c.status, "by": c.by} for c in self.coverage},
             "ok": self.ok,
         }
-
-
-def build_string_archs(build: str) -> tuple[int, ...] | None:
-    """`cuda129_sm60.61_h1a2b3c4d_0` -> (60, 61); None when the build string names no archs."""
-    match = _BUILD_ARCHS.search(build)
-    if not match:
-        return None
-    return tuple(int(part) for part in match.group(1).split("."))
 
 
 def package_build_string(path: Path) -> str:
@@ -135,7 +125,7 @@ def collect(ws: Workspace, env: GpuEnv, paths: list[Path], scratch: Path) -> lis
         if not paths:
             raise Failure(
                 f"no packages built for environment {env.name!r} in {ws.output} "
-                f"(looked for build strings with sm{'.'.join(str(a) for a in env.archs)})",
+                f"(looked for build strings starting {env.build_tag}_)",
                 hint=f"build them first, or name libraries/prefixes: stackforge audit binaries -e {env.name} PATH...",
             )
     files: list[tuple[str, Path]] = []

@@ -6,6 +6,7 @@ keyed by compute capability, so adding an environment never means adding code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,25 @@ class GpuEnv:
         return ARCH_FACTS[arch]
 
     @property
+    def build_tag(self) -> str:
+        """What every package built for this environment carries at the start of its build string:
+        'cuda129_sm60_61' (pascal), 'cuda129_sm70' (volta). Underscores, not dots: conda's
+        `name version build` spec syntax refuses a dot in the build field."""
+        return f"cuda{self.cuda_version.replace('.', '')}_sm{'_'.join(str(a) for a in self.archs)}"
+
+    @property
     def smem_limit(self) -> int:
         """The shared memory a kernel may use on every GPU of this environment, without opt-in."""
         return min(ARCH_FACTS[a].smem_per_block for a in self.archs)
+
+
+_BUILD_ARCHS = re.compile(r"(?:^|_)sm(\d{2}(?:_\d{2})*)(?=_h[0-9a-f]|_?$)")
+
+
+def build_string_archs(build: str) -> tuple[int, ...] | None:
+    """`cuda129_sm60_61_h1a2b3c4d_0` -> (60, 61); None when the build string names no archs."""
+    match = _BUILD_ARCHS.search(build)
+    return tuple(int(a) for a in match.group(1).split("_")) if match else None
 
 
 def parse_arch_list(text: str, where: str) -> tuple[int, ...]:

@@ -102,8 +102,8 @@ def defaults_for(env: GpuEnv) -> list[Default]:
 
 
 def build_tag(env: GpuEnv) -> str:
-    """Build-string prefix of this environment's packages: 'cuda129_sm60.61_' for pascal."""
-    return f"cuda{env.cuda_version.replace('.', '')}_sm{'.'.join(str(a) for a in env.archs)}_"
+    """Build-string prefix of this environment's packages: 'cuda129_sm60_61_' for pascal."""
+    return f"{env.build_tag}_"
 
 
 # --- secrets -------------------------------------------------------------------------------------

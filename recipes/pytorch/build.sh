@@ -1,0 +1,53 @@
+#!/bin/bash
+# PyTorch 2.9.1 for Pascal/Volta with CUDA 12.9, from sources/pytorch and its submodules.
+set -euo pipefail
+
+# Build-machine settings from `stackforge build` (MAX_JOBS, compiler cache): a rattler-build
+# secret, so they reach the build without entering the package; xtrace off while they are read.
+{ set +x; } 2>/dev/null
+eval "${STACKFORGE_BUILD_ENV:-}"
+set -x
+
+cd "$SRC_DIR/pytorch"
+
+# --- CUDA for the environment's archs (TORCH_CUDA_ARCH_LIST comes from the variant file) ------
+export USE_CUDA=1
+export CUDA_HOME="$BUILD_PREFIX"       # nvcc 12.9 from the build environment
+export CUDAToolkit_ROOT="$PREFIX"      # CUDA libraries and headers of the host environment
+export TORCH_NVCC_FLAGS="-Xfatbin -compress-all"  # smaller fatbins, same code
+export USE_CUDNN=1
+export CUDNN_ROOT="$PREFIX"            # cuDNN 9.10.2: the last with 6.x/7.0 in its support matrix
+export USE_SYSTEM_NCCL=1               # link conda's NCCL instead of building one (an hour of nvcc)
+export USE_STATIC_NCCL=0               # the shared libnccl.so of the nccl package, one per process
+export NCCL_ROOT_DIR="$PREFIX"         # where USE_SYSTEM_NCCL looks for it
+export NCCL_INCLUDE_DIR="$PREFIX/include" # (its headers)
+
+# --- kernels these GPUs cannot run: off, which also saves hours of nvcc ---------------------
+export USE_FLASH_ATTENTION=0           # FlashAttention kernels need sm_80
+export USE_MEM_EFF_ATTENTION=1         # CUTLASS memory-efficient attention works from sm_50: the SDPA path here
+export USE_CUSPARSELT=0                # 2:4 structured sparsity needs sm_80 tensor cores
+export USE_CUDSS=0                     # not needed by vLLM; one less library to pin
+export USE_CUFILE=0                    # GPUDirect Storage: not used, one less library
+export USE_FBGEMM_GENAI=0              # FBGEMM GenAI kernels target sm_90
+export USE_ROCM=0                      # CUDA only: no HIP pass over the sources
+export USE_XPU=0                       # nor Intel GPUs
+
+# --- CPU side ------------------------------------------------------------------------------
+export BLAS=MKL                        # as conda-forge on x86-64: mkl-devel in host
+export USE_MKLDNN=1                    # oneDNN (vendored) for CPU convolutions and matmuls
+export USE_DISTRIBUTED=1               # torch.distributed: vLLM tensor parallelism needs it
+export USE_MPI=0                       # NCCL and Gloo cover single-node multi-GPU serving
+export USE_NUMA=0                      # no libnuma dependency; vLLM does its own CPU pinning
+
+# --- how it is built -------------------------------------------------------------------------
+export BUILD_TEST=0                    # the C++ test binaries double the build for nothing shipped
+export CMAKE_GENERATOR=Ninja           # Ninja, not make: parallel and MAX_JOBS-aware
+export CMAKE_PREFIX_PATH="$PREFIX"     # find host libraries (MKL, cuDNN, NCCL) before the system's
+export _GLIBCXX_USE_CXX11_ABI=1        # the C++11 ABI, as PyTorch 2.9 wheels: vLLM's _C must match
+# MAX_JOBS comes from stackforge (free memory / extra.stackforge.gib_per_job); setup.py reads it
+export MAX_JOBS="${MAX_JOBS:-1}"
+# same paths in every build (the build root is fixed; __FILE__ strings stay relative)
+export CFLAGS="${CFLAGS:-} -ffile-prefix-map=$SRC_DIR=."
+export CXXFLAGS="${CXXFLAGS:-} -ffile-prefix-map=$SRC_DIR=."
+
+"$PYTHON" -m pip install . --no-deps --no-build-isolation -vv

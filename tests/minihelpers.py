@@ -1,0 +1,114 @@
+"""The miniature stack as test fixtures: real git upstreams, real clones, real rattler-build builds.
+
+Builds run under one build root for the whole session (a temporary folder), as they would on a
+build machine, so two workspaces built at different times can be compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stackforge import build as builder
+from stackforge import ministack
+from stackforge.cli import main
+from stackforge.envs import load_env
+from stackforge.manifest import load_manifest
+from stackforge.sources import sync
+from stackforge.workspace import Workspace
+
+
+@dataclass
+class MiniWs:
+    root: Path
+
+    @property
+    def ws(self) -> Workspace:
+        return Workspace(self.root)
+
+    @property
+    def mirror(self) -> Path:
+        return self.root / "mirror"
+
+    @property
+    def channel(self) -> Path:
+        return self.root / "output"
+
+    def run(self, *args: str) -> int:
+        return main(["--root", str(self.root), *args])
+
+    def sync(self) -> list:
+        return sync(self.ws, load_manifest(self.ws.manifest), mirror=str(self.mirror), quiet=True)
+
+    def plan(self, env: str = "pascal") -> builder.Plan:
+        return builder.make_plan(self.ws, load_env(self.ws, env))
+
+    def build(self, env: str = "pascal") -> list[builder.Outcome]:
+        return builder.run_plan(self.ws, self.plan(env))
+
+    def statuses(self, env: str = "pascal") -> dict[str, str]:
+        return {i.name: i.status for i in self.plan(env).items}
+
+    def edit_patch(self, source: str, old: str, new: str) -> Path:
+        """Change a line of a patch in the series (its + side), as a developer would."""
+        for patch in sorted((self.root / "patches" / source).glob("*.patch")):
+            text = patch.read_text()
+            if old in text:
+                patch.write_text(text.replace(old, new))
+                return patch
+        raise AssertionError(f"no patch of {source} contains {old!r}")
+
+    def packages(self) -> list[str]:
+        return sorted(p.name for p in (self.channel / "linux-64").glob("*.conda"))
+
+
+def make_mini(root: Path) -> MiniWs:
+    ministack.create_workspace(root)
+    mini = MiniWs(root)
+    mini.sync()
+    return mini
+
+
+@pytest.fixture(scope="session")
+def session_build_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build root per test session, exported for every build of the session."""
+    root = tmp_path_factory.mktemp("build-root")
+    old = os.environ.get("STACKFORGE_BUILD_ROOT")
+    os.environ["STACKFORGE_BUILD_ROOT"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("STACKFORGE_BUILD_ROOT", None)
+    else:
+        os.environ["STACKFORGE_BUILD_ROOT"] = old
+
+
+@pytest.fixture
+def build_root(session_build_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("STACKFORGE_BUILD_ROOT", str(session_build_root))
+    return session_build_root
+
+
+@pytest.fixture(scope="session")
+def built_template(session_build_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature workspace cloned, patched and built for pascal once per session."""
+    mini = make_mini(tmp_path_factory.mktemp("template") / "ws")
+    mini.build("pascal")
+    return mini.root
+
+
+@pytest.fixture
+def mini(tmp_path: Path, build_root: Path) -> MiniWs:
+    """A fresh miniature workspace: sources cloned and patched, nothing built."""
+    return make_mini(tmp_path / "ws")
+
+
+@pytest.fixture
+def built(tmp_path: Path, build_root: Path, built_template: Path) -> MiniWs:
+    """A copy of the built template: change it freely."""
+    root = tmp_path / "ws"
+    shutil.copytree(built_template, root, symlinks=True)
+    return MiniWs(root)

@@ -1,0 +1,48 @@
+"""`stackforge demo`: the whole pipeline on the miniature stack, and a re-run that builds nothing."""
+
+# ruff: noqa: F811  (fixtures imported from minihelpers are requested by parameter name)
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from minihelpers import build_root, session_build_root  # noqa: F401
+
+from stackforge.cli import main
+
+
+@pytest.mark.build
+def test_demo_runs_the_pipeline_and_rerun_rebuilds_nothing(
+    tmp_path: Path, build_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0
+    folder = tmp_path / "stackforge-demo"  # the default DIR, under the current directory
+    captured = capsys.readouterr()
+    assert "3 package(s) built, 0 already up to date" in captured.out
+    assert f"packages: {folder / 'output'}" in captured.out
+    # the installed mini-vllm ran, with every patch of the series in effect
+    assert "mini-vllm: archs 6.0,6.1, tile 12, attention(8) = 4.0, compiler path from sm_60" in captured.err
+    lock = json.loads((folder / "stackforge.lock").read_text())
+    assert sorted(lock["packages"]["pascal"]) == ["mini-torch", "mini-triton", "mini-vllm"]
+    assert sorted(p.name for p in (folder / "output" / "logs").glob("*.log")) == [
+        "mini-torch.log",
+        "mini-triton.log",
+        "mini-vllm.log",
+    ]
+    mtimes = {p: p.stat().st_mtime_ns for p in (folder / "output" / "linux-64").glob("*.conda")}
+    assert main(["demo", str(folder)]) == 0
+    assert "0 package(s) built, 3 already up to date" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (folder / "output" / "linux-64").glob("*.conda")} == mtimes
+
+
+@pytest.mark.build
+def test_demo_for_volta_in_a_named_dir(
+    tmp_path: Path, build_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", str(tmp_path / "v"), "-e", "volta"]) == 0
+    captured = capsys.readouterr()
+    assert "mini-vllm: archs 7.0" in captured.err
+    assert all("_sm70_h" in p.name for p in (tmp_path / "v" / "output" / "linux-64").glob("*.conda"))
