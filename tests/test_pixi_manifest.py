@@ -134,8 +134,12 @@ def test_test_environment_matches_pyproject_test_extra():
     """`pixi run test` and `pip install -e '.[test]'` must install the same pinned tools."""
     import re
 
-    extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "test"
+    ]
     pinned = {m.group(1).lower(): m.group(2) for r in extra if (m := re.fullmatch(r"([\w.-]+)==([\w.]+)", r))}
     pypi = {k.lower(): v for k, v in PIXI["feature"]["test"]["pypi-dependencies"].items()}
     for name, version in pinned.items():
-        assert pypi.get(name) == f"=={version}", f"pixi.toml [feature.test.pypi-dependencies] lacks {name}=={version}"
+        assert pypi.get(name) == f"=={version}", (
+            f"pixi.toml [feature.test.pypi-dependencies] lacks {name}=={version}"
+        )
