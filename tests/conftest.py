@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.error
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -13,10 +16,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from gitfixtures import Upstream, make_patch, write_manifest
 
+from stackforge import upstream
 from stackforge.cli import main
+from stackforge.console import Failure
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO_ROOT.parent / "shared" / "schemas"
+
+
+def online(build: Callable[[], T]) -> T:
+    """Run a download; without network (and without a cached copy) skip, saying so."""
+    try:
+        return build()
+    except Failure as exc:
+        cause = exc.__cause__
+        if isinstance(cause, urllib.error.URLError) and not isinstance(cause, urllib.error.HTTPError):
+            pytest.skip(f"no network and nothing cached in {upstream.cache_dir()}: {exc.message}")
+        raise
 
 
 @pytest.fixture(autouse=True)

@@ -15,14 +15,12 @@ import ctypes
 import importlib.util
 import re
 import struct
-import urllib.error
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import online
 
 from stackforge import upstream
-from stackforge.console import Failure
 
 pytestmark = pytest.mark.upstream
 
@@ -90,21 +88,11 @@ def nvrtc() -> Nvrtc:
     return compiler
 
 
-def _online(build: Callable[[], Path]) -> Path:
-    try:
-        return build()
-    except Failure as exc:
-        cause = exc.__cause__
-        if isinstance(cause, urllib.error.URLError) and not isinstance(cause, urllib.error.HTTPError):
-            pytest.skip(f"no network and nothing cached in {upstream.cache_dir()}: {exc.message}")
-        raise
-
-
 @pytest.fixture(scope="module")
 def vllm_trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The vLLM 0.14.0 sdist as released and with patches/vllm applied."""
     patches = sorted((ROOT / "patches/vllm").glob("*.patch"))
-    plain = _online(lambda: upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm-upstream")))
+    plain = online(lambda: upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm-upstream")))
     patched = upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm-patched"))
     upstream.apply_series(patched, patches)
     return {"upstream": plain, "patched": patched}

@@ -18,15 +18,14 @@ import subprocess
 import sys
 import types
 import typing
-import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import online
 
 from stackforge import upstream
-from stackforge.console import Failure
 from stackforge.envs import list_envs, load_env
 from stackforge.workspace import Workspace
 
@@ -44,17 +43,6 @@ def series(name: str) -> list[Path]:
 def part_a(patch: Path, name: str) -> bool:
     """This helper's patches: all of pytorch's, vLLM's 0001-0019 (part B numbers from 0020)."""
     return name == "pytorch" or (name == "vllm" and int(patch.name[:4]) < 20)
-
-
-def online(build: Callable[[], T]) -> T:
-    """Run a download; without network (and without a cached copy) skip, saying so."""
-    try:
-        return build()
-    except Failure as exc:
-        cause = exc.__cause__
-        if isinstance(cause, urllib.error.URLError) and not isinstance(cause, urllib.error.HTTPError):
-            pytest.skip(f"no network and nothing cached in {upstream.cache_dir()}: {exc.message}")
-        raise
 
 
 @pytest.fixture(scope="module")
