@@ -170,10 +170,13 @@ def refuse_unsupported(args: Sequence[str]) -> None:
         raise UsageError(
             "--dtype bfloat16: Pascal and Volta have no bf16", hint="use --dtype float16 (the default)"
         )
-    if values.get("kv-cache-dtype", "").lower() in ("fp8", "fp8_e4m3"):
+    if values.get("kv-cache-dtype", "").lower().startswith("fp8"):
+        # vLLM's TRITON_ATTN stores every fp8 cache (e5m2 included) as float8_e4m3fn, which
+        # Triton refuses below sm_89 (patches/vllm/0005 makes vLLM itself say so too).
         raise UsageError(
-            f"--kv-cache-dtype {values['kv-cache-dtype']}: Triton refuses float8 e4m3 below sm_89",
-            hint="use --kv-cache-dtype fp8_e5m2, which compiles for sm_60/61/70",
+            f"--kv-cache-dtype {values['kv-cache-dtype']}: the Triton attention backend keeps any fp8 KV "
+            "cache as float8 e4m3, which Triton refuses below compute capability 8.9",
+            hint="use --kv-cache-dtype auto (fp16, the default)",
         )
 
 
