@@ -1,5 +1,606 @@
-"""Placeholder: filled in by the issue that owns it."""
+"""`stackforge audit kernels -e ENV`: will vLLM's Triton kernels compile for the environment's GPUs?
+
+Compiles the kernels listed in `kernel_cases` from a vLLM source tree (default sources/vllm, i.e.
+v0.14.0 plus patches/vllm) for every arch of the environment with Triton's own compiler and the
+ptxas inside the triton wheel (no GPU needed), with Triton patched by patches/triton (an overlay
+of the installed package, see `triton_overlay`). Each kernel x shape x arch is reported as
+compiled, ptxas error (with ptxas' message), shared memory over the limit (bytes needed vs the
+per-block limit Triton may use on that arch: 49152 on sm_60/61, 98304 on sm_70, which Triton
+opts into), or a compile/load error. Compiles run in worker processes (one per core) and are
+cached by Triton under .stackforge/kernel-audit/triton-cache.
+
+`--save-ptx DIR` writes, for every compiled kernel x shape x arch, DIR/sm_<arch>/<case>.ptx and
+DIR/sm_<arch>/<case>.json. The JSON is the interface to `stackforge.numerics.run_checks`
+(`--run`); schema "stackforge.kernel-launch/1":
+
+    schema        "stackforge.kernel-launch/1"
+    case          case id, e.g. "unified_attention_2d/h128"; kernel: display name
+    arch          compute capability the PTX targets (60, 61, 70); ptx: file name beside the JSON
+    entry         the PTX .entry name (cuModuleGetFunction); module/function/launcher: vLLM source
+    num_warps     threads per block = num_warps * 32 (threads_per_block is given too)
+    shared_bytes  dynamic shared memory to launch with (metadata.shared); above 49152 set
+                  CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first, as Triton's driver does
+    grid          [x, y, z] blocks, computed from the scenario
+    params        the .entry parameters in order. Each is one of
+                    {"name", "kind": "pointer", "dtype", "shape", "strides", "role"}  (a tensor;
+                        strides in elements; role says what its contents must be)
+                    {"name", "kind": "scalar", "type": "i32"|"i64"|"u64"|"fp32"|"u1", "value"}
+                    {"name", "kind": "scratch", "bytes", "align"}  (Triton's two trailing
+                        global/profile scratch pointers: pass NULL when bytes is 0, else a buffer
+                        of bytes * number of programs)
+    constexprs    {name: value} baked into the PTX (including ints Triton specialised to 1)
+    scenario      what the arguments describe: seq_lens, query_lens, num_blocks, block sizes, ...
+    ptx_param_count  number of .param lines of the entry (must equal len(params))
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stackforge.console import EXIT_FAILED, EXIT_OK, Failure, UsageError, err, info, out, print_json
+from stackforge.envs import ARCH_FACTS, load_env
+from stackforge.kernel_cases import HEAD_SIZES, Case, Launch, all_cases
+from stackforge.workspace import Workspace, find_workspace
+
+SCHEMA = "stackforge.kernel-launch/1"
+
+# The JSON schema of the launch files `--save-ptx` writes (see the module docstring).
+_PARAM = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["name", "kind", "dtype", "shape", "strides", "role"],
+            "properties": {
+                "kind": {"const": "pointer"},
+                "shape": {"type": "array"},
+                "strides": {"type": "array"},
+            },
+        },
+        {
+            "type": "object",
+            "required": ["name", "kind", "type", "value"],
+            "properties": {
+                "kind": {"const": "scalar"},
+                "type": {"enum": ["i32", "i64", "u64", "fp32", "u1"]},
+            },
+        },
+        {
+            "type": "object",
+            "required": ["name", "kind", "bytes", "align"],
+            "properties": {"kind": {"const": "scratch"}, "bytes": {"type": "integer", "minimum": 0}},
+        },
+    ]
+}
+LAUNCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "schema",
+        "case",
+        "kernel",
+        "arch",
+        "ptx",
+        "entry",
+        "num_warps",
+        "threads_per_block",
+        "shared_bytes",
+        "grid",
+        "params",
+        "constexprs",
+        "scenario",
+        "ptx_param_count",
+    ],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "arch": {"type": "integer"},
+        "grid": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3},
+        "params": {"type": "array", "items": _PARAM},
+        "shared_bytes": {"type": "integer", "minimum": 0},
+    },
+}
+STATUSES = ("ok", "ptxas-error", "shared-memory", "compile-error", "load-error")
 
 
-def register(groups) -> None:
-    """No commands yet."""
+def smem_limit(arch: int) -> int:
+    """Shared memory per block a Triton kernel may use: Triton's driver opts into the maximum
+    (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) and refuses kernels above it."""
+    return ARCH_FACTS[arch].smem_per_block_optin
+
+
+@dataclass
+class Result:
+    case: str
+    kernel: str
+    shape: str
+    arch: int
+    status: str
+    message: str = ""
+    shared: int | None = None
+    limit: int = 0
+    seconds: float = 0.0
+    reached_by: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Report:
+    env: str
+    archs: list[int]
+    vllm_src: str
+    triton: dict[str, Any]
+    results: list[Result] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[Result]:
+        return [r for r in self.results if not r.ok]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kernels": len({r.kernel for r in self.results}),
+            "cases": len({r.case for r in self.results}),
+            "compiles": len(self.results),
+            "failed": len(self.failures),
+            "by_status": dict(Counter(r.status for r in self.results)),
+            "seconds": round(self.seconds, 1),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "env": self.env,
+            "archs": self.archs,
+            "vllm_src": self.vllm_src,
+            "triton": self.triton,
+            "summary": self.summary(),
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+# --- the worker: one process, Triton imported from the overlay ---------------------------------
+
+
+class SharedMemoryOver(Exception):
+    def __init__(self, needed: int, limit: int) -> None:
+        super().__init__(f"needs {needed} bytes of shared memory per block, limit {limit}")
+        self.needed, self.limit = needed, limit
+
+
+def _guard_shared_memory() -> None:
+    """Stop a compile before ptxas when the kernel cannot launch anyway (Triton would raise
+    OutOfResources at load time): ptxas takes minutes on the big unrolled FMA kernels."""
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    original = CUDABackend.make_cubin
+
+    def make_cubin(self: Any, src: str, metadata: dict, opt: Any, capability: int) -> bytes:
+        needed = metadata.get("shared", 0)
+        if capability in ARCH_FACTS and needed > smem_limit(capability):
+            raise SharedMemoryOver(needed, smem_limit(capability))
+        return original(self, src, metadata, opt, capability)
+
+    CUDABackend.make_cubin = make_cubin
+
+
+def _ptxas_message(text: str) -> str:
+    """ptxas' error lines without the temporary file names, each once."""
+    errors = []
+    for line in text.splitlines():
+        m = re.search(r"ptxas \S+, line \d+; error\s*: (.*)$", line)
+        if m and m[1].strip() not in errors:
+            errors.append(m[1].strip())
+    return "; ".join(errors) or text.strip().splitlines()[0]
+
+
+def compile_launch(fn: Any, launch: Launch, arch: int) -> tuple[Any, dict, dict]:
+    """Specialise the arguments with Triton's own launch binder, then compile for `arch`."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {**launch.kwargs, "debug": False}
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    kernel = triton.compile(
+        ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
+    )
+    return kernel, dict(bound), signature
+
+
+def launch_description(
+    case: Case, arch: int, kernel: Any, bound: dict, signature: dict, launch: Launch
+) -> dict:
+    from stackforge.kernel_cases import Tensor
+
+    params, constexprs = [], {}
+    for name, ty in signature.items():
+        value = bound[name]
+        if ty == "constexpr":
+            constexprs[name] = (
+                value if isinstance(value, int | float | str | bool) or value is None else repr(value)
+            )
+        elif isinstance(value, Tensor):
+            params.append({"name": name, "kind": "pointer", **value.describe()})
+        else:
+            params.append({"name": name, "kind": "scalar", "type": ty, "value": value})
+    md = kernel.metadata
+    params.append({"name": "global_scratch", "kind": "scratch", "bytes": md.global_scratch_size,
+                   "align": md.global_scratch_align})  # fmt: skip
+    params.append({"name": "profile_scratch", "kind": "scratch", "bytes": md.profile_scratch_size,
+                   "align": md.profile_scratch_align})  # fmt: skip
+    entry = re.search(r"\.entry\s+\w+\s*\((.*?)\)", kernel.asm["ptx"], re.S)
+    return {
+        "schema": SCHEMA,
+        "case": case.id,
+        "kernel": case.kernel,
+        "arch": arch,
+        "module": case.module,
+        "function": case.function,
+        "launcher": case.launcher,
+        "entry": md.name,
+        "num_warps": md.num_warps,
+        "threads_per_block": md.num_warps * 32,
+        "shared_bytes": md.shared,
+        "grid": list(launch.grid) + [1] * (3 - len(launch.grid)),
+        "params": params,
+        "constexprs": constexprs,
+        "scenario": launch.scenario,
+        "ptx_param_count": entry[1].count(".param") if entry else None,
+    }
+
+
+def _safe(case_id: str) -> str:
+    return case_id.replace("/", "__")
+
+
+def _run_case(case: Case, module: Any, arch: int, save: Path | None) -> Result:
+    from triton.runtime.errors import PTXASError
+
+    limit = smem_limit(arch)
+    res = Result(case.id, case.kernel, case.shape, arch, "ok", limit=limit, reached_by=case.reached_by)
+    start = time.monotonic()
+    try:
+        launch = case.build(module, arch, limit)
+        kernel, bound, signature = compile_launch(getattr(module, case.function), launch, arch)
+        res.shared = kernel.metadata.shared
+        if res.shared > limit:
+            raise SharedMemoryOver(res.shared, limit)
+        if save is not None:
+            folder = save / f"sm_{arch}"
+            folder.mkdir(parents=True, exist_ok=True)
+            desc = launch_description(case, arch, kernel, bound, signature, launch)
+            (folder / f"{_safe(case.id)}.ptx").write_text(kernel.asm["ptx"])
+            desc["ptx"] = f"{_safe(case.id)}.ptx"
+            (folder / f"{_safe(case.id)}.json").write_text(json.dumps(desc, indent=2, sort_keys=True) + "\n")
+    except SharedMemoryOver as exc:
+        res.status, res.shared, res.message = "shared-memory", exc.needed, f"needs {exc.needed} > {exc.limit}"
+    except PTXASError as exc:
+        res.status, res.message = "ptxas-error", _ptxas_message(str(exc))
+    except Exception as exc:  # a Triton front-end error, a broken launch description, ...
+        text = str(exc).strip() or type(exc).__name__
+        res.status, res.message = "compile-error", f"{type(exc).__name__}: {text.splitlines()[-1][:300]}"
+        print(traceback.format_exc(), file=sys.stderr)
+    res.seconds = round(time.monotonic() - start, 2)
+    return res
+
+
+def worker_main() -> int:
+    """Read a job from stdin, write one JSON result per line to the original stdout; everything
+    else (Triton's dumps, tracebacks) goes to stderr, which the parent keeps as a log."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    job = json.loads(sys.stdin.read())
+    from stackforge.vllm_kernels import KernelLoader
+
+    _guard_shared_memory()
+    cases = {c.id: c for c in all_cases(tuple(job["head_sizes"]))}
+    save = Path(job["save"]) if job.get("save") else None
+    by_arch: dict[int, list[str]] = {}
+    for case_id, arch in job["items"]:
+        by_arch.setdefault(arch, []).append(case_id)
+    for arch, ids in sorted(by_arch.items()):
+        loader = KernelLoader(Path(job["vllm_src"]), arch)
+        modules: dict[str, Any] = {}
+        with loader.active():  # import every module first: compiles run with the stand-ins gone
+            for case_id in ids:
+                name = cases[case_id].module
+                if name not in modules:
+                    try:
+                        modules[name] = loader.load(name)
+                    except Exception as exc:
+                        modules[name] = exc
+        for case_id in ids:
+            case = cases[case_id]
+            proto.write(json.dumps({"event": "start", "case": case_id, "arch": arch}) + "\n")
+            module = modules[case.module]
+            if isinstance(module, Exception):
+                res = Result(case_id, case.kernel, case.shape, arch, "load-error", reached_by=case.reached_by,
+                             message=f"{case.module}: {type(module).__name__}: {module}", limit=smem_limit(arch))  # fmt: skip
+            else:
+                res = _run_case(case, module, arch, save)
+            proto.write(json.dumps({"event": "result", **asdict(res)}) + "\n")
+    return 0
+
+
+# --- the parent: plan, spawn workers, collect -------------------------------------------------
+
+
+def select_cases(kernels: list[str] | None, head_sizes: tuple[int, ...]) -> list[Case]:
+    cases = all_cases(head_sizes)
+    if kernels:
+        cases = [c for c in cases if any(c.kernel == k or c.id.startswith(k) for k in kernels)]
+        if not cases:
+            known = sorted({c.kernel for c in all_cases(head_sizes)})
+            raise UsageError(
+                f"no kernel matches {', '.join(kernels)}", hint=f"known kernels: {', '.join(known)}"
+            )
+    return cases
+
+
+def run_audit(
+    *,
+    vllm_src: Path,
+    archs: list[int],
+    cases: list[Case],
+    head_sizes: tuple[int, ...],
+    triton_path: Path | None,
+    state: Path,
+    save: Path | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> list[Result]:
+    """Compile every case for every arch in `jobs` worker processes; results in case order."""
+    items = [(c.id, a) for c in cases for a in archs]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(items)))
+    env = dict(os.environ)
+    env["TRITON_CACHE_DIR"] = str(state / "triton-cache")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(triton_path)] * (triton_path is not None) + [p for p in [env.get("PYTHONPATH")] if p]
+    )
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict[tuple[str, int], Result] = {}
+    task = progress.add_task("compiling", total=len(items)) if progress else None
+    lock = threading.Lock()
+
+    def work(index: int, share: list[tuple[str, int]]) -> None:
+        job = {
+            "vllm_src": str(vllm_src),
+            "items": share,
+            "head_sizes": list(head_sizes),
+            "save": str(save) if save else None,
+        }
+        with (logs / f"kernel-audit-worker-{index}.log").open("w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stackforge.kernel_audit", "--worker"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            )  # fmt: skip
+            assert proc.stdin and proc.stdout
+            proc.stdin.write(json.dumps(job))
+            proc.stdin.close()
+            for line in proc.stdout:
+                msg = json.loads(line)
+                if msg.pop("event") == "start":
+                    if progress:
+                        progress.update(task, description=f"sm_{msg['arch']} {msg['case']}")
+                    continue
+                res = Result(**msg)
+                with lock:
+                    results[(res.case, res.arch)] = res
+                    if progress:
+                        progress.advance(task)
+            proc.wait()
+
+    shares = [items[i::jobs] for i in range(jobs)]
+    threads = [threading.Thread(target=work, args=(i, s), daemon=True) for i, s in enumerate(shares)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    missing = [i for i in items if i not in results]
+    if missing:
+        raise Failure(
+            f"{len(missing)} compile(s) got no result (first: {missing[0][0]} for sm_{missing[0][1]}): a worker died",
+            hint=f"see the worker logs in {logs}",
+        )
+    return [results[i] for i in items]
+
+
+def audit(
+    ws: Workspace | None,
+    env_name: str,
+    archs: list[int],
+    vllm_src: Path,
+    triton_patches: list[Path],
+    *,
+    kernels: list[str] | None = None,
+    head_sizes: tuple[int, ...] = HEAD_SIZES,
+    state: Path,
+    save: Path | None = None,
+    jobs: int | None = None,
+    show_progress: bool = True,
+) -> Report:
+    from stackforge import triton_overlay
+
+    if not (vllm_src / "vllm").is_dir():
+        raise UsageError(
+            f"{vllm_src} is not a vLLM source tree (no vllm/ folder)",
+            hint="run `stackforge clone vllm` (v0.14.0 + patches/vllm) or pass --vllm-src DIR",
+        )
+    setup = triton_overlay.prepare(state, triton_patches)
+    cases = select_cases(kernels, head_sizes)
+    report = Report(
+        env_name,
+        archs,
+        str(vllm_src),
+        {"version": setup.version, "patches": list(setup.patches), "how": setup.how,
+         "overlay": str(setup.path) if setup.path else None},
+    )  # fmt: skip
+    start = time.monotonic()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not show_progress) as progress:
+        report.results = run_audit(
+            vllm_src=vllm_src, archs=archs, cases=cases, head_sizes=head_sizes, triton_path=setup.path,
+            state=state, save=save, jobs=jobs, progress=progress,
+        )  # fmt: skip
+    report.seconds = time.monotonic() - start
+    return report
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def _cell(r: Result) -> str:
+    if r.ok:
+        return f"[green]ok[/green] {r.shared}"
+    if r.status == "shared-memory":
+        return f"[red]smem {r.shared}>{r.limit}[/red]"
+    return f"[red]{r.status}[/red]"
+
+
+def print_report(report: Report) -> None:
+    table = Table(
+        title=f"vLLM Triton kernels for {report.env} ({', '.join(f'sm_{a}' for a in report.archs)})"
+    )
+    table.add_column("kernel")
+    table.add_column("shape")
+    for arch in report.archs:
+        table.add_column(f"sm_{arch}")
+    rows: dict[str, dict[int, Result]] = {}
+    for r in report.results:
+        rows.setdefault(r.case, {})[r.arch] = r
+    for case, by_arch in rows.items():
+        first = next(iter(by_arch.values()))
+        table.add_row(first.kernel, case.partition("/")[2], *[_cell(by_arch[a]) for a in report.archs])
+    out.print(table)
+    failures = report.failures
+    if failures:
+        out.print("[bold]failures:[/bold]")
+        for r in failures:
+            out.print(f"  {r.case} sm_{r.arch}: {r.status}: {r.message}")
+    t = report.triton
+    out.print(
+        f"triton {t['version']} ({t['how']}{', ' + str(len(t['patches'])) + ' patches' if t['patches'] else ''}); "
+        f"vLLM source {report.vllm_src}"
+    )
+    s = report.summary()
+    verdict = "[green]all compiled[/green]" if not failures else f"[red]{s['failed']} failed[/red]"
+    out.print(
+        f"audited {s['kernels']} kernels at {s['cases']} shapes for {len(report.archs)} arch(s): "
+        f"{s['compiles']} compiles in {s['seconds']:.1f} s, {verdict}"
+    )
+
+
+def run_numerics(saved: Path, env: Any) -> int:
+    """`--run`: hand the saved launches to stackforge.numerics (written for issue 5) on this GPU."""
+    try:
+        numerics = importlib.import_module("stackforge.numerics")
+    except ModuleNotFoundError as exc:
+        if exc.name != "stackforge.numerics":
+            raise
+        raise Failure(
+            "--run needs stackforge.numerics, which this installation does not have",
+            hint="run without --run, or update stackforge (the numerics check comes with `audit kernels --run`)",
+        ) from exc
+    why = numerics.gpu_present() if hasattr(numerics, "gpu_present") else None
+    if why:
+        raise Failure(
+            f"--run needs a CUDA GPU: {why}",
+            hint="run the audit with --save-ptx DIR and --run on a GPU machine",
+        )
+    results = numerics.run_checks(saved, env)
+    if isinstance(results, int):
+        return results
+    if not results:
+        raise Failure(
+            f"stackforge.numerics found no launch record it can run in {saved}",
+            hint=f"it reads its own records; the audit writes {SCHEMA} (see `stackforge.kernel_audit`)",
+        )
+    for r in results:
+        verdict = "[green]pass[/green]" if r.ok else "[red]FAIL[/red]"
+        out.print(f"  {r.kernel} {r.shape} sm_{r.arch}: max abs err {r.max_abs:.3g} {verdict}")
+    failed = [r for r in results if not r.ok]
+    out.print(f"numerics: {len(results) - len(failed)} of {len(results)} passed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_audit_kernels(args: argparse.Namespace) -> int:
+    ws = find_workspace(args.root)
+    env = load_env(ws, args.env)
+    vllm_src = Path(args.vllm_src).resolve() if args.vllm_src else ws.checkout("vllm")
+    if args.triton_patches == "none":
+        patches: list[Path] = []
+    else:
+        folder = Path(args.triton_patches) if args.triton_patches else ws.patch_dir("triton")
+        patches = sorted(folder.glob("*.patch"))
+    head_sizes = tuple(int(h) for h in args.head_sizes.split(",")) if args.head_sizes else HEAD_SIZES
+    kernels = [k.strip() for k in args.kernels.split(",")] if args.kernels else None
+    state = ws.state / "kernel-audit"
+    save = Path(args.save_ptx).resolve() if args.save_ptx else (state / "ptx" if args.run else None)
+    info(
+        f"auditing vLLM Triton kernels in {vllm_src} for {env.name} ({', '.join(f'sm_{a}' for a in env.archs)})"
+    )
+    report = audit(
+        ws, env.name, list(env.archs), vllm_src, patches, kernels=kernels, head_sizes=head_sizes,
+        state=state, save=save, jobs=args.jobs, show_progress=not args.json,
+    )  # fmt: skip
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print_report(report)
+    code = EXIT_OK if not report.failures else EXIT_FAILED
+    if args.run:
+        code = max(code, run_numerics(save, env))
+    return code
+
+
+def register(groups: dict[str, Any]) -> None:
+    p = groups["audit"].add_parser(
+        "kernels",
+        help="compile vLLM's Triton kernels for the environment's GPUs (no GPU needed)",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument(
+        "-e", "--env", required=True, help="environment (recipes/variants/<env>.yaml): pascal, volta"
+    )
+    p.add_argument("--vllm-src", help="vLLM source tree (default: sources/vllm of the workspace)")
+    p.add_argument(
+        "--triton-patches", help="folder of Triton patches to overlay (default patches/triton; 'none')"
+    )
+    p.add_argument("--kernels", help="only these kernels (comma-separated names or case-id prefixes)")
+    p.add_argument("--head-sizes", help=f"comma-separated (default {','.join(map(str, HEAD_SIZES))})")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--save-ptx", metavar="DIR", help="write PTX + launch JSON of every compiled kernel to DIR"
+    )
+    p.add_argument(
+        "--run", action="store_true", help="run the saved PTX on this machine's GPU (stackforge.numerics)"
+    )
+    p.set_defaults(func=cmd_audit_kernels)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    sys.exit(worker_main())

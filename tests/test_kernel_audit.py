@@ -1,0 +1,385 @@
+"""The kernel audit, the Triton overlay and the vLLM kernel loader.
+
+Unit tests compile tiny kernels with the installed triton 3.5.1 (its bundled ptxas; no GPU).
+Tests marked `upstream` fetch the vLLM 0.14.0 sdist (cached) and audit a representative subset
+of vLLM's kernels: unpatched, they must fail as the seeds describe (evict_last on sm_61, prefix
+prefill's 64 KB, atomics' memory-order qualifiers); with patches/vllm and patches/triton they
+must compile for pascal and volta. The subset (head sizes 64 and 256, plus the atomics kernels)
+keeps them near two minutes on two cores; `stackforge audit kernels` runs all 53 shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from stackforge import triton_overlay
+from stackforge.console import Failure
+from stackforge.gitcmd import HERMETIC
+from stackforge.kernel_audit import LAUNCH_SCHEMA, audit, run_numerics, smem_limit
+from stackforge.vllm_kernels import KernelLoader
+
+REPO = Path(__file__).resolve().parents[1]
+TRITON_SERIES = sorted((REPO / "patches" / "triton").glob("*.patch"))
+VLLM_SERIES = sorted((REPO / "patches" / "vllm").glob("*.patch"))
+
+
+@pytest.fixture(scope="session")
+def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return triton_overlay.prepare(tmp_path_factory.mktemp("state"), TRITON_SERIES).path
+
+
+# --- the overlay -----------------------------------------------------------------------------------
+
+
+def test_series_maps_repo_paths_to_wheel_paths() -> None:
+    assert TRITON_SERIES, "patches/triton is empty"
+    for patch in TRITON_SERIES:
+        mapped = triton_overlay.map_patch(patch.read_text(), patch)
+        headers = [
+            line for line in mapped.splitlines() if line.startswith(("diff --git", "--- a/", "+++ b/"))
+        ]
+        assert headers and not any("third_party/" in line for line in headers)
+        assert (
+            "diff --git a/triton/backends/nvidia/compiler.py b/triton/backends/nvidia/compiler.py" in mapped
+        )
+        assert "+++ b/triton/backends/nvidia/compiler.py" in mapped
+
+
+def test_patch_to_a_file_the_wheel_lacks_is_refused(tmp_path: Path) -> None:
+    patch = tmp_path / "0001-cxx.patch"
+    patch.write_text(
+        "diff --git a/lib/Dialect/X.cpp b/lib/Dialect/X.cpp\n--- a/lib/Dialect/X.cpp\n+++ b/lib/Dialect/X.cpp\n"
+    )
+    with pytest.raises(Failure, match=r"0001-cxx.patch changes lib/Dialect/X.cpp"):
+        triton_overlay.map_patch(patch.read_text(), patch)
+
+
+def test_overlay_applies_inside_a_git_work_tree(tmp_path: Path) -> None:
+    # The workspace is a git repository: `git apply` there skips paths outside the current
+    # folder unless the overlay keeps git from finding it.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, env={**os.environ, **HERMETIC})
+    setup = triton_overlay.prepare(tmp_path / ".stackforge", TRITON_SERIES)
+    assert setup.how == "overlay"
+    compiler = (setup.path / "triton" / "backends" / "nvidia" / "compiler.py").read_text()
+    assert "strip_cache_hints_pre_sm70" in compiler and "_cas_loop_pre_sm70" in compiler
+    lib = Path("_C") / "libtriton.so"  # binaries are links to the installation, not copies
+    assert (setup.path / "triton" / lib).resolve() == (triton_overlay.installed_triton()[0] / lib).resolve()
+    assert triton_overlay.already_patched(setup.path / "triton", TRITON_SERIES)
+    assert not triton_overlay.already_patched(triton_overlay.installed_triton()[0], TRITON_SERIES)
+    again = triton_overlay.prepare(tmp_path / ".stackforge", TRITON_SERIES)
+    assert again.path == setup.path  # cached by installation + patch bytes
+
+
+# --- tiny kernels through the overlay ---------------------------------------------------------------
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import triton, triton.language as tl
+    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget
+
+    @triton.jit
+    def evict(X, Y, N: tl.constexpr):
+        o = tl.arange(0, N)
+        tl.store(Y + o, tl.load(X + o, eviction_policy="evict_last"), eviction_policy="evict_first")
+
+    @triton.jit
+    def atomic(X, Y, N: tl.constexpr, SEM: tl.constexpr):
+        o = tl.arange(0, N)
+        tl.atomic_add(Y + (o % 64), tl.load(X + o), sem=SEM)
+
+    @triton.jit
+    def cas16(Y, C, V, N: tl.constexpr):
+        o = tl.arange(0, N)
+        tl.atomic_cas(Y + o, tl.load(C + o), tl.load(V + o))
+
+    aligned = [["tt.divisibility", 16]]
+    cases = {
+        "evict": (evict, {"X": "*fp16", "Y": "*fp16", "N": "constexpr"}, {"N": 1024}),
+        "atomic_f32_acq_rel": (atomic, {"X": "*fp32", "Y": "*fp32", "N": "constexpr", "SEM": "constexpr"},
+                               {"N": 1024, "SEM": "acq_rel"}),
+        "atomic_f16_relaxed": (atomic, {"X": "*fp16", "Y": "*fp16", "N": "constexpr", "SEM": "constexpr"},
+                               {"N": 1024, "SEM": "relaxed"}),
+        "cas_f16": (cas16, {"Y": "*fp16", "C": "*fp16", "V": "*fp16", "N": "constexpr"}, {"N": 256}),
+    }
+    out = {}
+    for arch in (61, 70):
+        for name, (fn, sig, const) in cases.items():
+            attrs = {(i,): aligned for i, v in enumerate(sig.values()) if v != "constexpr"}
+            try:
+                k = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", arch, 32))
+                out[f"{name}/{arch}"] = {"ok": True, "ptx": k.asm["ptx"]}
+            except Exception as exc:
+                out[f"{name}/{arch}"] = {"ok": False, "error": str(exc)}
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f)
+    """
+)
+
+
+def probe(tmp_path: Path, overlay: Path | None) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+    env["PYTHONPATH"] = str(overlay) if overlay else ""
+    (tmp_path / "probe.py").write_text(PROBE)  # Triton reads a kernel's source from its file
+    subprocess.run(
+        [sys.executable, "probe.py", "out.json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    return json.loads((tmp_path / "out.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory: pytest.TempPathFactory, overlay: Path) -> tuple[dict, dict]:
+    tmp = tmp_path_factory.mktemp("probe")
+    return probe(tmp / "plain", None), probe(tmp / "patched", overlay)
+
+
+def test_installed_triton_fails_for_sm61_as_the_seeds_say(probes: tuple[dict, dict]) -> None:
+    plain, _ = probes
+    assert "Modifier '.evict_last' on 'ld' requires .target sm_70 or higher" in plain["evict/61"]["error"]
+    assert "Feature '.acq_rel' requires .target sm_70 or higher" in plain["atomic_f32_acq_rel/61"]["error"]
+    assert "Feature '.relaxed' requires .target sm_70 or higher" in plain["atomic_f16_relaxed/61"]["error"]
+    assert "requires .target sm_70 or higher" in plain["cas_f16/61"]["error"]
+    assert all(
+        plain[f"{name}/70"]["ok"] for name in ("evict", "atomic_f32_acq_rel", "atomic_f16_relaxed", "cas_f16")
+    )
+
+
+def test_patched_triton_compiles_them_for_sm61_and_keeps_sm70_ptx(probes: tuple[dict, dict]) -> None:
+    plain, patched = probes
+    assert all(r["ok"] for r in patched.values()), {k: r.get("error", "")[:300] for k, r in patched.items()}
+    evict = patched["evict/61"]["ptx"]
+    assert "::evict_" not in evict and "ld.global" in evict and "st.global" in evict
+    f32 = patched["atomic_f32_acq_rel/61"]["ptx"]
+    assert ".acq_rel" not in f32 and "atom.global.gpu.add.f32" in f32
+    # acq_rel: a fence before and after each atom
+    assert f32.count("membar.gl;") == 2 * f32.count("atom.global.gpu.add.f32")
+    f16 = patched["atomic_f16_relaxed/61"]["ptx"]
+    assert ".relaxed" not in f16 and "atom.add" not in f16 and "membar" not in f16  # relaxed: no fence
+    assert "atom.global.gpu.cas.b32" in f16 and "add.rn.f16x2" in f16  # the packed CAS loop
+    cas = patched["cas_f16/61"]["ptx"]
+    assert "cas.b16" not in cas and "selp.b16" in cas and "membar.gl;" in cas
+    for name in ("evict", "atomic_f32_acq_rel", "atomic_f16_relaxed", "cas_f16"):  # sm_70 untouched
+        assert _same_code(patched[f"{name}/70"]["ptx"], plain[f"{name}/70"]["ptx"]), name
+    assert "L1::evict_last" in patched["evict/70"]["ptx"]
+
+
+def _same_code(a: str, b: str) -> bool:
+    """PTX equal up to its debug sections (they name the triton files, which live elsewhere in the
+    overlay)."""
+    return a.split("\t.file")[0] == b.split("\t.file")[0]
+
+
+# --- the vLLM kernel loader -------------------------------------------------------------------------
+
+KERNEL_FILE = textwrap.dedent(
+    """
+    import torch
+    import numpy_is_not_installed_here
+    from vllm.distributed import get_tp_group
+    from vllm.platforms import current_platform
+    from vllm.triton_utils import tl, triton
+    from vllm.v1.attention.ops.helpers import double
+
+    BASE_BLOCK = 128 if current_platform.has_device_capability(80) else 64
+    FP8_MAX = torch.finfo(current_platform.fp8_dtype()).max
+
+    @triton.jit
+    def kernel(X, N: tl.constexpr, LIMIT: tl.constexpr = FP8_MAX):
+        o = tl.arange(0, N)
+        tl.store(X + o, double(tl.load(X + o)))
+
+    @torch.inference_mode()
+    def launcher(x: torch.Tensor | None) -> None:
+        get_tp_group()
+    """
+)
+HELPER_FILE = textwrap.dedent(
+    """
+    from vllm.triton_utils import tl, triton
+
+    @triton.jit
+    def double(x):
+        return x * 2
+    """
+)
+
+
+def fake_tree(root: Path) -> Path:
+    ops = root / "vllm" / "v1" / "attention" / "ops"
+    ops.mkdir(parents=True)
+    (root / "vllm" / "__init__.py").write_text("raise RuntimeError('vllm/__init__.py must not run')\n")
+    (ops / "kern.py").write_text(KERNEL_FILE)
+    (ops / "helpers.py").write_text(HELPER_FILE)
+    return root
+
+
+@pytest.mark.parametrize(("arch", "block"), [(61, 64), (70, 64), (80, 128)])
+def test_loader_runs_kernel_files_without_vllm_or_torch(tmp_path: Path, arch: int, block: int) -> None:
+    import triton
+
+    loader = KernelLoader(fake_tree(tmp_path), arch)
+    with loader.active():
+        mod = loader.load("vllm.v1.attention.ops.kern")
+    assert block == mod.BASE_BLOCK
+    assert mod.FP8_MAX == 448.0  # float8_e4m3fn, as torch.finfo says
+    assert isinstance(mod.kernel, triton.runtime.jit.JITFunction)
+    assert isinstance(mod.double, triton.runtime.jit.JITFunction)  # real helper from another kernel file
+    assert not any(name == "vllm" or name.startswith("vllm.") for name in sys.modules)
+    if loader.torch_standin:
+        assert "torch" not in sys.modules
+
+
+def test_loaded_kernel_compiles_for_sm61(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    loader = KernelLoader(fake_tree(tmp_path), 61)
+    with loader.active():
+        mod = loader.load("vllm.v1.attention.ops.kern")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    k = triton.compile(
+        ASTSource(mod.kernel, {"X": "*fp32", "N": "constexpr"}, {"N": 128}), target=GPUTarget("cuda", 61, 32)
+    )
+    assert ".target sm_61" in k.asm["ptx"] and k.metadata.shared == 0
+
+
+# --- --run and the numerics module ----------------------------------------------------------------
+
+
+def test_run_without_numerics_module_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "stackforge.numerics", None)  # as on an install without it
+    with pytest.raises(Failure, match=r"--run needs stackforge\.numerics"):
+        run_numerics(tmp_path, None)
+
+
+def test_limits_are_what_triton_may_opt_into() -> None:
+    assert smem_limit(60) == smem_limit(61) == 49152
+    assert smem_limit(70) == 98304
+
+
+# --- vLLM 0.14.0 itself (downloads the sdist once) ---------------------------------------------------
+
+ATOMICS = ["lora_shrink", "bincount"]
+SUBSET = [
+    "paged_attention_2d",
+    "prefix_prefill",
+    "encoder_prefill_attention",
+    "unified_attention_2d",
+    *ATOMICS,
+]
+
+
+@pytest.fixture(scope="session")
+def vllm_trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(unpatched sdist tree, the same tree with patches/vllm applied by `git am`)."""
+    from stackforge import upstream
+
+    plain = upstream.vllm_sdist()
+    patched = upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm") / "src")
+    done = subprocess.run(
+        ["git", "am", "--quiet", *map(str, VLLM_SERIES)],
+        cwd=patched,
+        env={**os.environ, **HERMETIC},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return plain, patched
+
+
+@pytest.fixture(scope="session")
+def audit_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("audit-state")  # one Triton cache for the upstream tests
+
+
+@pytest.mark.upstream
+def test_unpatched_v0140_fails_for_pascal_as_the_seeds_say(
+    vllm_trees: tuple[Path, Path], audit_state: Path
+) -> None:
+    plain, _ = vllm_trees
+    report = audit(
+        None,
+        "pascal",
+        [61],
+        plain,
+        [],
+        kernels=SUBSET,
+        head_sizes=(64,),
+        state=audit_state,
+        show_progress=False,
+    )
+    by = {r.case: r for r in report.results}
+    assert by["paged_attention_2d/h64"].status == "ptxas-error"
+    assert (
+        "Modifier '.evict_last' on 'ld' requires .target sm_70 or higher"
+        in by["paged_attention_2d/h64"].message
+    )
+    assert by["prefix_prefill/h64"].status == "shared-memory"
+    assert (by["prefix_prefill/h64"].shared, by["prefix_prefill/h64"].limit) == (65536, 49152)
+    assert "Feature '.relaxed' requires .target sm_70" in by["lora_shrink/s1"].message
+    assert "Feature '.acq_rel' requires .target sm_70" in by["bincount/p3100"].message
+    assert by["unified_attention_2d/h64"].ok  # what TRITON_ATTN runs compiles as shipped
+    assert report.summary()["failed"] >= 5
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize(("env", "archs"), [("pascal", [60, 61]), ("volta", [70])])
+def test_series_compiles_for_pascal_and_volta(
+    vllm_trees: tuple[Path, Path], audit_state: Path, tmp_path: Path, env: str, archs: list[int]
+) -> None:
+    _, patched = vllm_trees
+    report = audit(
+        None, env, archs, patched, TRITON_SERIES, kernels=SUBSET, head_sizes=(64, 256),
+        state=audit_state, save=tmp_path / "ptx", show_progress=False,
+    )  # fmt: skip
+    assert not report.failures, [(r.case, r.arch, r.status, r.message) for r in report.failures]
+    assert report.triton["how"] == "overlay" and len(report.triton["patches"]) == len(TRITON_SERIES)
+    for r in report.results:
+        assert 0 <= r.shared <= smem_limit(r.arch)
+    pp = {r.arch: r for r in report.results if r.case == "prefix_prefill/h256"}
+    assert all(r.shared <= 49152 for a, r in pp.items() if a < 70)
+    saved = sorted((tmp_path / "ptx").glob("sm_*/*.json"))
+    assert len(saved) == len(report.results)
+    for path in saved:
+        desc = json.loads(path.read_text())
+        jsonschema.validate(desc, LAUNCH_SCHEMA)
+        assert desc["ptx_param_count"] == len(desc["params"])
+        assert f".target sm_{desc['arch']}" in (path.parent / desc["ptx"]).read_text()
+
+
+@pytest.mark.upstream
+def test_cli_json_and_exit_code(vllm_trees: tuple[Path, Path], tmp_path: Path) -> None:
+    plain, _ = vllm_trees
+    ws = tmp_path / "ws"
+    (ws / "recipes" / "variants").mkdir(parents=True)
+    shutil.copy(REPO / "git-repos.txt", ws / "git-repos.txt")
+    for variant in (REPO / "recipes" / "variants").glob("*.yaml"):
+        shutil.copy(variant, ws / "recipes" / "variants" / variant.name)
+    argv = ["--root", str(ws), "audit", "kernels", "-e", "pascal", "--vllm-src", str(plain)]
+    argv += ["--kernels", "paged_attention_2d", "--head-sizes", "64", "--json"]
+    run = [sys.executable, "-m", "stackforge", *argv, "--triton-patches"]
+    done = subprocess.run([*run, "none"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    data = json.loads(done.stdout)
+    assert data["summary"]["compiles"] == 2 and data["summary"]["by_status"] == {"ptxas-error": 2}
+    assert {r["arch"] for r in data["results"]} == {60, 61}
+    done = subprocess.run([*run, str(REPO / "patches" / "triton")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["summary"]["failed"] == 0
