@@ -27,6 +27,7 @@ from conftest import online
 
 from stackforge import upstream
 from stackforge.envs import list_envs, load_env
+from stackforge.patches import check_series
 from stackforge.workspace import Workspace
 
 pytestmark = pytest.mark.upstream
@@ -78,6 +79,17 @@ def test_series_applies_to_the_pinned_release(name: str, tmp_path: Path) -> None
     assert {n: v for n, v in verdicts.items() if v != "clean"} == {}
     log = upstream._git(repo, "log", "--format=%an <%ae>", f"-{len(patches)}").splitlines()
     assert log == ["stackforge <stackforge@users.noreply.github.com>"] * len(patches)
+
+
+@pytest.mark.parametrize("name", ["pytorch", "vllm", "triton"])
+def test_patches_check_reports_every_patch_clean_at_the_pin(name: str, tmp_path: Path) -> None:
+    """What `stackforge patches check NAME` reports, run on the upstream release rebuilt from PyPI."""
+    patches = series(name)
+    if not patches:
+        pytest.skip(f"patches/{name}/ holds no patch yet")
+    repo = online(lambda: upstream.upstream_repo(name, tmp_path / name, patch_files=patches))
+    results = check_series(repo, upstream._git(repo, "rev-parse", "HEAD"), patches)
+    assert [(r.patch, r.verdict) for r in results] == [(p.name, "clean") for p in patches]
 
 
 @pytest.mark.parametrize("name", ["pytorch", "vllm"])
