@@ -20,7 +20,9 @@ def test_real_environments():
     assert pascal.smem_limit == volta.smem_limit == 49152
 
 
-@pytest.mark.parametrize(("cc", "env"), [(60, "pascal"), (61, "pascal"), (70, "volta"), (75, "volta"), (80, None)])
+@pytest.mark.parametrize(
+    ("cc", "env"), [(60, "pascal"), (61, "pascal"), (70, "volta"), (75, "volta"), (80, None)]
+)
 def test_capability_to_environment(cc, env):
     """SASS of a major runs on its newer minors (7.0 code on a 7.5 card), never across majors."""
     found = env_for_capability(WS, cc)
@@ -31,7 +33,9 @@ def test_a_new_environment_is_a_new_file(tmp_path):
     (tmp_path / "git-repos.txt").write_text("")
     variants = tmp_path / "recipes" / "variants"
     variants.mkdir(parents=True)
-    (variants / "p100only.yaml").write_text('cuda_compiler_version: ["12.9"]\ntorch_cuda_arch_list: ["6.0"]\n')
+    (variants / "p100only.yaml").write_text(
+        'cuda_compiler_version: ["12.9"]\ntorch_cuda_arch_list: ["6.0"]\n'
+    )
     ws = Workspace(tmp_path)
     assert load_env(ws, "p100only").archs == (60,)
     assert env_for_capability(ws, 61).name == "p100only"  # sm_60 SASS runs on 6.1
