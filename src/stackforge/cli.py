@@ -35,7 +35,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="stackforge", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="stackforge",
+        description="Reproducible vLLM, PyTorch and Triton for Pascal (sm_60/61) and Volta (sm_70) GPUs: "
+        "clone pinned sources, patch, audit, build conda packages, run.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad usage. `stackforge COMMAND --help` for each command.",
+    )
     parser.add_argument("--version", action="version", version=f"stackforge {__version__}")
     parser.add_argument(
         "--root", help="workspace root (default: $STACKFORGE_ROOT or the nearest git-repos.txt)"
