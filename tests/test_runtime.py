@@ -380,8 +380,8 @@ def test_model_checks(tmp_path: Path):
 
 def test_coverage_rules():
     pascal, volta = load_env(WS, "pascal"), load_env(WS, "volta")
-    assert runtime.covers(pascal, 60) and runtime.covers(pascal, 61) and not runtime.covers(pascal, 70)
-    assert runtime.covers(volta, 70) and runtime.covers(volta, 75) and not runtime.covers(volta, 61)
+    assert pascal.covers(60) and pascal.covers(61) and not pascal.covers(70)
+    assert volta.covers(70) and volta.covers(75) and not volta.covers(61)
     gpus = [runtime.Gpu(0, "Tesla P40", 61), runtime.Gpu(1, "Tesla V100", 70)]
     assert runtime.visible(gpus, {"CUDA_VISIBLE_DEVICES": "1"}) == gpus[1:]
     assert runtime.visible(gpus, {"CUDA_VISIBLE_DEVICES": "0,-1,1"}) == gpus[:1]

@@ -47,6 +47,11 @@ class GpuEnv:
     def torch_cuda_arch_list(self) -> str:
         return ";".join(f"{a // 10}.{a % 10}" for a in self.archs)
 
+    def covers(self, arch: int) -> bool:
+        """Whether this environment's code runs on a GPU of compute capability `arch`: SASS of an
+        arch runs on newer minors of the same major (sm_60 code on a 6.1 card), never across majors."""
+        return any(a == arch or (a // 10 == arch // 10 and a < arch) for a in self.archs)
+
     def facts(self, arch: int) -> ArchFacts:
         return ARCH_FACTS[arch]
 
@@ -120,10 +125,9 @@ def list_envs(ws: Workspace) -> list[str]:
 
 
 def env_for_capability(ws: Workspace, arch: int) -> GpuEnv | None:
-    """The environment whose archs cover a GPU of compute capability `arch` (SASS of an older
-    minor of the same major runs on a newer minor)."""
-    for name in list_envs(ws):
-        env = load_env(ws, name)
-        if arch in env.archs or any(a // 10 == arch // 10 and a < arch for a in env.archs):
-            return env
-    return None
+    """The first environment (by name) whose code runs on a GPU of compute capability `arch`."""
+    return next((env for env in load_all(ws) if env.covers(arch)), None)
+
+
+def load_all(ws: Workspace) -> list[GpuEnv]:
+    return [load_env(ws, name) for name in list_envs(ws)]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stackforge.console import EXIT_OK, Failure, UsageError, echo_command, file_logger, info, out, warn
-from stackforge.envs import GpuEnv, list_envs, load_env
+from stackforge.envs import GpuEnv, env_for_capability, list_envs, load_env
 from stackforge.workspace import Workspace, find_workspace
 
 # --- the defaults: one table ---------------------------------------------------------------------
@@ -296,11 +296,6 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def covers(env: GpuEnv, arch: int) -> bool:
-    """SASS for an arch runs on newer minors of the same major (sm_60 code on a 6.1 card)."""
-    return any(a == arch or (a // 10 == arch // 10 and a < arch) for a in env.archs)
-
-
 def visible(gpus: Sequence[Gpu], environ: Mapping[str, str]) -> list[Gpu]:
     """The GPUs CUDA_VISIBLE_DEVICES leaves to vLLM (numeric lists only; UUIDs leave all)."""
     spec = environ.get("CUDA_VISIBLE_DEVICES")
@@ -336,12 +331,8 @@ def require_gpus(doctor: Doctor, environ: Mapping[str, str]) -> list[Gpu]:
     return gpus
 
 
-def _envs(ws: Workspace) -> list[GpuEnv]:
-    return [load_env(ws, name) for name in list_envs(ws)]
-
-
 def _env_covering(ws: Workspace, gpu: Gpu) -> GpuEnv | None:
-    return next((e for e in _envs(ws) if gpu.arch is not None and covers(e, gpu.arch)), None)
+    return env_for_capability(ws, gpu.arch) if gpu.arch is not None else None
 
 
 def choose_env(
@@ -357,7 +348,10 @@ def choose_env(
     env = _env_covering(ws, gpus[0])
     if env:
         return env
-    known = ", ".join(f"{e.name} ({', '.join(f'{a // 10}.{a % 10}' for a in e.archs)})" for e in _envs(ws))
+    known = ", ".join(
+        f"{e.name} ({', '.join(f'{a // 10}.{a % 10}' for a in e.archs)})"
+        for e in map(lambda n: load_env(ws, n), list_envs(ws))
+    )
     raise Failure(
         f"no stackforge environment covers {gpus[0]}",
         hint=f"stackforge builds for {known}; use upstream vLLM wheels for other GPUs",
@@ -371,7 +365,7 @@ def check_coverage(ws: Workspace, env: GpuEnv, gpus: Sequence[Gpu]) -> None:
             warn(
                 f"{g}: cannot check it against {env.name}; update the driver so nvidia-smi reports compute_cap"
             )
-    outside = [g for g in gpus if g.arch is not None and not covers(env, g.arch)]
+    outside = [g for g in gpus if g.arch is not None and not env.covers(g.arch)]
     if not outside:
         return
     inside = [g for g in gpus if g not in outside]
