@@ -21,10 +21,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from stackforge import triton_overlay
+from stackforge import numerics, triton_overlay
 from stackforge.console import Failure
 from stackforge.gitcmd import HERMETIC
-from stackforge.kernel_audit import LAUNCH_SCHEMA, audit, run_numerics, smem_limit
+from stackforge.kernel_audit import audit, smem_limit
+from stackforge.numerics import RECORD_SCHEMA
 from stackforge.vllm_kernels import KernelLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,10 +264,32 @@ def test_loaded_kernel_compiles_for_sm61(tmp_path: Path, monkeypatch: pytest.Mon
 # --- --run and the numerics module ----------------------------------------------------------------
 
 
-def test_run_without_numerics_module_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, "stackforge.numerics", None)  # as on an install without it
-    with pytest.raises(Failure, match=r"--run needs stackforge\.numerics"):
-        run_numerics(tmp_path, None)
+def workspace(root: Path) -> Path:
+    """A workspace with this repository's manifest and GPU environments."""
+    (root / "recipes" / "variants").mkdir(parents=True)
+    shutil.copy(REPO / "git-repos.txt", root / "git-repos.txt")
+    for variant in (REPO / "recipes" / "variants").glob("*.yaml"):
+        shutil.copy(variant, root / "recipes" / "variants" / variant.name)
+    return root
+
+
+def test_run_without_a_gpu_fails_after_the_report(tmp_path: Path) -> None:
+    """`--run` on a machine without a GPU: the compile report first, then a plain "no GPU" failure
+    that says what to do (exit 1); --json keeps one document and carries the reason."""
+    if numerics.gpu_present() is None:
+        pytest.skip("this machine has a GPU: --run runs the records here")
+    argv = [sys.executable, "-m", "stackforge", "--root", str(workspace(tmp_path / "ws")), "audit", "kernels"]
+    argv += ["-e", "pascal", "--vllm-src", str(fake_tree(tmp_path / "vllm")), "--kernels", "mrope"]
+    argv += ["--triton-patches", "none", "--run"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "audited 1 kernels at 1 shapes for 2 arch(s)" in done.stdout  # the report came first
+    assert "error: no GPU: " in done.stderr and "so --run cannot run the records" in done.stderr
+    assert "add --save-ptx DIR" in done.stderr and "python -m stackforge.numerics DIR" in done.stderr
+    done = subprocess.run([*argv, "--json"], capture_output=True, text=True)
+    assert done.returncode == 1
+    data = json.loads(done.stdout)
+    assert data["summary"]["compiles"] == 2 and data["numerics"]["error"].startswith("no GPU: ")
 
 
 def test_limits_are_what_triton_may_opt_into() -> None:
@@ -358,20 +381,25 @@ def test_series_compiles_for_pascal_and_volta(
     saved = sorted((tmp_path / "ptx").glob("sm_*/*.json"))
     assert len(saved) == len(report.results)
     for path in saved:
-        desc = json.loads(path.read_text())
-        jsonschema.validate(desc, LAUNCH_SCHEMA)
-        assert desc["ptx_param_count"] == len(desc["params"])
-        assert f".target sm_{desc['arch']}" in (path.parent / desc["ptx"]).read_text()
+        record = json.loads(path.read_text())  # the one record format: stackforge.numerics runs it
+        jsonschema.validate(record, RECORD_SCHEMA)
+        (launch,) = record["launches"]
+        ptx = (path.parent / launch["ptx"]).read_text()
+        assert f".target sm_{record['arch']}" in ptx
+        assert len(numerics.ptx_param_types(ptx, launch["entry"])) == len(launch["args"]) + 2  # + scratch
+        assert record["check"] == record["kernel"] and all(
+            a["tensor"] in record["tensors"] for a in launch["args"] if "tensor" in a
+        )
+    runnable = {
+        r["check"] for _, r in numerics.load_records(tmp_path / "ptx") if r["check"] in numerics.CHECKS
+    }
+    assert runnable == {"prefix_prefill", "encoder_prefill_attention", "unified_attention_2d"}
 
 
 @pytest.mark.upstream
 def test_cli_json_and_exit_code(vllm_trees: tuple[Path, Path], tmp_path: Path) -> None:
     plain, _ = vllm_trees
-    ws = tmp_path / "ws"
-    (ws / "recipes" / "variants").mkdir(parents=True)
-    shutil.copy(REPO / "git-repos.txt", ws / "git-repos.txt")
-    for variant in (REPO / "recipes" / "variants").glob("*.yaml"):
-        shutil.copy(variant, ws / "recipes" / "variants" / variant.name)
+    ws = workspace(tmp_path / "ws")
     argv = ["--root", str(ws), "audit", "kernels", "-e", "pascal", "--vllm-src", str(plain)]
     argv += ["--kernels", "paged_attention_2d", "--head-sizes", "64", "--json"]
     run = [sys.executable, "-m", "stackforge", *argv, "--triton-patches"]

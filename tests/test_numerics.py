@@ -1,5 +1,6 @@
-"""Numerics of Pascal/Volta PTX: compiling here (NVRTC 12.9, Triton 3.5.1) needs no GPU; running the
-records needs one (`gpu` marker; skipped here, run on the device machine: docs/verification.md)."""
+"""Numerics of Pascal/Volta PTX: compiling the records here (NVRTC 12.9; Triton 3.5.1 with
+patches/triton overlaid) needs no GPU; running them needs one (`gpu` marker: skipped without one,
+saying why; run on the device machine: docs/verification.md)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import json
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
+from conftest import online
 
-from stackforge import numerics, numerics_build
-from stackforge.numerics import attention_layout, load_records, ptx_param_types
+from stackforge import numerics, numerics_build, triton_overlay
+from stackforge.numerics import RECORD_SCHEMA, load_records, ptx_param_types, unchecked
 from stackforge.numerics_build import FALLBACK_HEADER, HALF_ATOMIC_SOURCE, nvrtc_compile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_PATCH = next((REPO_ROOT / "patches" / "vllm").glob("*atomicAdd*.patch"), None)
+TRITON_SERIES = sorted((REPO_ROOT / "patches" / "triton").glob("*.patch"))
+VLLM_SERIES = sorted((REPO_ROOT / "patches" / "vllm").glob("*.patch"))
+ATOMICS = ("add_contended", "add_returns_old", "cas_returns_old", "last_program_reduces")
 
 needs_nvrtc = pytest.mark.skipif(
     numerics_build._nvidia_file("cuda_nvrtc", "lib", "libnvrtc.so.12") is None
@@ -34,6 +40,36 @@ def fallback_tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Overlay and Triton cache shared by this module's builds."""
+    return tmp_path_factory.mktemp("numerics-state")
+
+
+def check_records(folder: Path) -> list[tuple[Path, dict]]:
+    """Every record validates, and every launch's arguments match its PTX's .entry parameters
+    (plus Triton's two scratch pointers)."""
+    records = load_records(folder)
+    for path, record in records:
+        jsonschema.validate(record, RECORD_SCHEMA)
+        for launch in record["launches"]:
+            ptx = (path.parent / launch["ptx"]).read_text()
+            assert f".target sm_{record['arch']}" in ptx
+            types = ptx_param_types(ptx, launch["entry"])
+            extra = 2 if "global_scratch" in launch else 0
+            assert len(types) == len(launch["args"]) + extra, path
+            for arg, ty in zip(launch["args"], types, strict=False):
+                if "tensor" in arg:  # Triton records describe their tensors; the NVRTC ones make their own
+                    assert ty == "u64" and arg["tensor"] in record.get("tensors", {arg["tensor"]: 0}), (
+                        path,
+                        arg,
+                    )
+    return records
+
+
+# --- CUDA C++: the half atomicAdd fallback (NVRTC 12.9) -------------------------------------------
+
+
 @needs_nvrtc
 def test_native_half_atomic_does_not_exist_below_sm70() -> None:
     plain = HALF_ATOMIC_SOURCE.replace('#include "cuda_atomic_compat.cuh"\n', "")
@@ -44,18 +80,14 @@ def test_native_half_atomic_does_not_exist_below_sm70() -> None:
 
 @needs_nvrtc
 def test_patch_fallback_compiles_to_a_cas_loop_for_sm60(fallback_tree: Path, tmp_path: Path) -> None:
-    built = numerics_build.build_half_atomic(tmp_path / "out", fallback_tree)
+    built = numerics_build.build_half_atomic(tmp_path / "out", fallback_tree, archs=(60, 70))
     assert all(b.ok for b in built) and len(built) == 6
     sm60 = (tmp_path / "out" / "half_atomic_add-ones-sm60.ptx").read_text()
     sm70 = (tmp_path / "out" / "half_atomic_add-ones-sm70.ptx").read_text()
     assert ".target sm_60" in sm60 and "atom.cas.b32" in sm60 and "atom.add.noftz.f16" not in sm60
     assert "atom.add.noftz.f16" in sm70  # sm_70 keeps the hardware instruction
-    records = load_records(tmp_path / "out")
+    records = check_records(tmp_path / "out")
     assert {r["arch"] for _, r in records} == {60, 70}
-    for path, record in records:
-        (launch,) = record["launches"]
-        types = ptx_param_types((path.parent / launch["ptx"]).read_text(), launch["entry"])
-        assert types == ["u64", "u64", "u64", "u64", "u32"]  # out, vals, idx, olds, n
 
 
 def test_unpatched_tree_is_reported_not_hidden(tmp_path: Path) -> None:
@@ -64,63 +96,108 @@ def test_unpatched_tree_is_reported_not_hidden(tmp_path: Path) -> None:
     assert "cuda_atomic_compat.cuh does not exist" in built[0].detail
 
 
-def test_triton_atomic_sm61_needs_the_triton_patch(tmp_path: Path) -> None:
-    """Stock Triton 3.5.1 emits atom...acq_rel, which ptxas refuses below sm_70 (FACTS.md)."""
-    built = {b.arch: b for b in numerics_build.build_triton_atomic(tmp_path)}
-    assert built[70].ok
-    assert not built[61].ok and "'.acq_rel' requires .target sm_70" in built[61].detail
-    ((path, record),) = load_records(tmp_path)
-    (launch,) = record["launches"]
-    types = ptx_param_types((path.parent / launch["ptx"]).read_text(), launch["entry"])
-    assert len(types) == len(launch["args"]) + 2  # Triton's global and profile scratch pointers
+# --- Triton atomics: stock Triton refuses sm_61, the overlay of patches/triton compiles them ---------
 
 
-def test_attention_layout_sizes() -> None:
-    shape = {
-        "seqs": [[1, 300], [40, 200]],
-        "num_q_heads": 32,
-        "num_kv_heads": 8,
-        "head_size": 80,
-        "block_size": 16,
-    }
-    layout = attention_layout(shape | {"segments": 16})
-    assert layout["q"][0] == (41, 32, 80)
-    assert layout["block_table"][0] == (2, 19)  # ceil(300 / 16)
-    assert layout["k_cache"][0] == (41, 16, 8, 80)  # 2 * 19 blocks + 3 spare
-    assert layout["segm_output"][0] == (41, 32, 16, 128)  # head padded to a power of two
+def test_stock_triton_cannot_compile_atomics_for_sm61(tmp_path: Path) -> None:
+    """This process imports the installed triton 3.5.1 as it is: every atomics record fails ptxas."""
+    items = [i for i in numerics_build.suite_items() if i.name.startswith(ATOMICS)]
+    built = numerics_build.build_triton(tmp_path, None, (61,), items)
+    assert len(built) == 8 and not any(b.ok for b in built)
+    assert all("requires .target sm_70 or higher" in b.detail for b in built), [b.detail for b in built]
+    assert any("'.acq_rel'" in b.detail for b in built) and any("'.relaxed'" in b.detail for b in built)
+
+
+def test_patched_triton_compiles_atomics_for_pascal(tmp_path: Path, state: Path) -> None:
+    """The suite's build process with the overlay on PYTHONPATH (what `audit kernels --run` starts):
+    sm_60/61 PTX without memory-order qualifiers or 16-bit atomics; sm_70 PTX keeps both."""
+    setup = triton_overlay.prepare(state, TRITON_SERIES)
+    assert setup.how == "overlay"
+    built, log = numerics_build.build_in_subprocess(
+        tmp_path, tmp_path, (60, 61, 70), setup.path, state, only=ATOMICS
+    )
+    assert [b.detail for b in built if not b.ok] == [] and len(built) == 24, log
+    records = check_records(tmp_path)
+    assert len(records) == 24
+    for path, record in records:
+        ptx = (path.parent / record["launches"][0]["ptx"]).read_text()
+        if record["arch"] < 70:
+            assert ".acq_rel" not in ptx and ".relaxed" not in ptx, path
+            assert not any("atom" in ln and ".f16" in ln for ln in ptx.splitlines()), path
+        assert record["tolerance"] == numerics.TOLERANCES[record["check"]]
+    f16 = (tmp_path / "add_contended-f16-neighbours-sm61.ptx").read_text()
+    assert "atom.global.gpu.cas.b32" in f16 and "membar.gl;" in f16  # the CAS loop, fenced (acq_rel)
+    assert ".acq_rel" in (tmp_path / "add_contended-f16-neighbours-sm70.ptx").read_text()
+    assert "add.noftz.f16x2" in (tmp_path / "add_contended-f16-neighbours-sm70.ptx").read_text()
+
+
+# --- the record format ------------------------------------------------------------------------------
+
+
+def test_scalars_take_the_width_of_their_param() -> None:
+    assert numerics._scalar(-3, "u32").value == -3  # two's complement in 32 bits
+    assert numerics._scalar(2**32 + 5, "u64").value == 2**32 + 5
+    assert numerics._scalar(True, "u8").value == 1
+    assert numerics._scalar(0.5, "f32").value == 0.5
+
+
+def test_launches_share_tensors_by_role() -> None:
+    tensors: dict[str, dict] = {}
+    out = {"dtype": "float16", "shape": [4, 8], "strides": [8, 1], "role": "output"}
+    assert numerics_build._tensor_key(tensors, out, "output_ptr") == "output"
+    assert numerics_build._tensor_key(tensors, dict(out), "Out") == "output"  # same tensor
+    other = out | {"shape": [2, 8]}
+    assert numerics_build._tensor_key(tensors, other, "O2") == "output.O2"
+    assert set(tensors) == {"output", "output.O2"}
+
+
+def test_records_without_a_reference_are_listed_not_run(tmp_path: Path) -> None:
+    record = {"schema": numerics.SCHEMA, "check": "fused_moe", "arch": 61, "launches": []}
+    (tmp_path / "sm_61").mkdir()
+    (tmp_path / "sm_61" / "fused_moe__m4.json").write_text(json.dumps(record))
+    (tmp_path / "results.json").write_text(json.dumps({"device": "x"}))  # not a record
+    (tmp_path / "broken.json").write_text("{")
+    assert [r["check"] for _, r in load_records(tmp_path)] == ["fused_moe"]
+    assert unchecked(tmp_path) == {"fused_moe": 1}
+    assert unchecked(tmp_path, (70,)) == {}
+
+
+# --- vLLM's kernels (downloads the sdist once) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def patched_vllm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stackforge import upstream
+
+    return online(lambda: upstream.patched_repo("vllm", tmp_path_factory.mktemp("vllm") / "src", VLLM_SERIES))
 
 
 @pytest.mark.upstream
-def test_unified_attention_compiles_for_pascal_and_volta(tmp_path: Path) -> None:
-    """vLLM 0.14.0's unified attention kernels (PyPI sdist, cached) at every shape, sm_61 and sm_70,
-    within 48 KB of shared memory, with records whose args match the PTX parameters."""
-    from stackforge.upstream import vllm_sdist
-
-    built = numerics_build.build_unified_attention(tmp_path, vllm_sdist())
-    assert [b.detail for b in built if not b.ok] == []
-    assert len(built) == 2 * len(numerics_build.ATTENTION_SHAPES)
-    for path, record in load_records(tmp_path):
+def test_suite_compiles_for_pascal_and_volta(patched_vllm: Path, state: Path, tmp_path: Path) -> None:
+    """Every record of the suite for sm_61 and sm_70 with the patched vLLM tree and Triton: within the
+    arch's shared memory, arguments matching the PTX. About a minute on two cores, cold."""
+    setup = triton_overlay.prepare(state, TRITON_SERIES)
+    built, log = numerics_build.build_in_subprocess(tmp_path, patched_vllm, (61, 70), setup.path, state)
+    assert [b.detail for b in built if not b.ok] == [], log
+    records = check_records(tmp_path)
+    assert len(records) == len(built) and {r["check"] for _, r in records} <= set(numerics.CHECKS)
+    for _, record in records:
         for launch in record["launches"]:
-            ptx = (path.parent / launch["ptx"]).read_text()
-            assert f".target sm_{record['arch']}" in ptx
-            assert len(ptx_param_types(ptx, launch["entry"])) == len(launch["args"]) + 2
-            assert launch["shared"] <= 49152
-        assert json.loads(path.read_text())["schema"] == numerics.SCHEMA
+            assert launch["shared"] <= numerics_build.smem_limit(record["arch"])
+    pp = json.loads((tmp_path / "prefix_prefill-h256-sm61.json").read_text())
+    assert "BLOCK_M=16 BLOCK_N=16 BLOCK_SIZE=16" in pp["label"]  # 0020's tiles for 48 KB, head 256
 
 
 @pytest.mark.gpu
 @pytest.mark.upstream
 @needs_nvrtc
-def test_records_run_correctly_on_the_gpu(fallback_tree: Path, tmp_path: Path) -> None:
-    """Build everything here and run it through the driver JIT on the GPU: every case within tolerance."""
+def test_records_run_correctly_on_the_gpu(patched_vllm: Path, state: Path, tmp_path: Path) -> None:
+    """Build the whole suite here and run it through the driver JIT: every case within tolerance."""
     why = numerics.gpu_present()
     if why:
         pytest.skip(f"no GPU to run the PTX on: {why}")
-    from stackforge.upstream import vllm_sdist
-
-    out = tmp_path / "records"
-    numerics_build.build_half_atomic(out, fallback_tree)
-    numerics_build.build_triton_atomic(out, archs=(70,))
-    numerics_build.build_unified_attention(out, vllm_sdist())
-    results = numerics.run_checks(out)
-    assert results and [r for r in results if not r.ok] == []
+    setup = triton_overlay.prepare(state, TRITON_SERIES)
+    built, log = numerics_build.build_in_subprocess(tmp_path, patched_vllm, (60, 61, 70), setup.path, state)
+    assert built and all(b.ok for b in built), log
+    results = numerics.run_checks(tmp_path)
+    assert len(results) == len(built) and [r for r in results if not r.ok] == []

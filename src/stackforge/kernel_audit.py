@@ -9,37 +9,27 @@ per-block limit Triton may use on that arch: 49152 on sm_60/61, 98304 on sm_70, 
 opts into), or a compile/load error. Compiles run in worker processes (one per core) and are
 cached by Triton under .stackforge/kernel-audit/triton-cache.
 
-`--save-ptx DIR` writes, for every compiled kernel x shape x arch, DIR/sm_<arch>/<case>.ptx and
-DIR/sm_<arch>/<case>.json. The JSON is the interface to `stackforge.numerics.run_checks`
-(`--run`); schema "stackforge.kernel-launch/1":
+`--save-ptx DIR` writes, for every compiled kernel x shape x arch, DIR/sm_<arch>/<case>.ptx and a
+launch record DIR/sm_<arch>/<case>.json in the one format `stackforge.numerics` runs
+("stackforge.numerics/1", documented there; `check` is the kernel's name): the .entry arguments
+in order, the tensors they point to (dtype, shape, strides, role), grid, block, shared memory,
+constexprs and the scenario. `python -m stackforge.numerics DIR` runs the ones it has a reference
+for (unified attention 2D, prefix prefill, encoder attention) on any NVIDIA GPU.
 
-    schema        "stackforge.kernel-launch/1"
-    case          case id, e.g. "unified_attention_2d/h128"; kernel: display name
-    arch          compute capability the PTX targets (60, 61, 70); ptx: file name beside the JSON
-    entry         the PTX .entry name (cuModuleGetFunction); module/function/launcher: vLLM source
-    num_warps     threads per block = num_warps * 32 (threads_per_block is given too)
-    shared_bytes  dynamic shared memory to launch with (metadata.shared); above 49152 set
-                  CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first, as Triton's driver does
-    grid          [x, y, z] blocks, computed from the scenario
-    params        the .entry parameters in order. Each is one of
-                    {"name", "kind": "pointer", "dtype", "shape", "strides", "role"}  (a tensor;
-                        strides in elements; role says what its contents must be)
-                    {"name", "kind": "scalar", "type": "i32"|"i64"|"u64"|"fp32"|"u1", "value"}
-                    {"name", "kind": "scratch", "bytes", "align"}  (Triton's two trailing
-                        global/profile scratch pointers: pass NULL when bytes is 0, else a buffer
-                        of bytes * number of programs)
-    constexprs    {name: value} baked into the PTX (including ints Triton specialised to 1)
-    scenario      what the arguments describe: seq_lens, query_lens, num_blocks, block sizes, ...
-    ptx_param_count  number of .param lines of the entry (must equal len(params))
+`--run` then builds the numerics suite (`stackforge.numerics_build`: the C++ half-atomic fallback,
+Triton atomics, attention at more batches) into the same folder with the same patched Triton,
+in a subprocess like the workers, and runs every record there that has a reference on this
+machine's GPU. Without a GPU it fails after the report, saying so; with --save-ptx the records
+are built first, so they can be carried to a machine that has one.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -54,72 +44,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stackforge.console import EXIT_FAILED, EXIT_OK, Failure, UsageError, err, info, out, print_json
-from stackforge.envs import ARCH_FACTS, load_env
-from stackforge.kernel_cases import HEAD_SIZES, Case, Launch, all_cases
+from stackforge.envs import load_env
+from stackforge.kernel_cases import HEAD_SIZES, Case, all_cases
+from stackforge.numerics_build import (
+    SharedMemoryOver,
+    compile_launch,
+    guard_shared_memory,
+    overlay_env,
+    smem_limit,
+    triton_record,
+    write_record,
+)
 from stackforge.workspace import Workspace, find_workspace
 
-SCHEMA = "stackforge.kernel-launch/1"
-
-# The JSON schema of the launch files `--save-ptx` writes (see the module docstring).
-_PARAM = {
-    "oneOf": [
-        {
-            "type": "object",
-            "required": ["name", "kind", "dtype", "shape", "strides", "role"],
-            "properties": {
-                "kind": {"const": "pointer"},
-                "shape": {"type": "array"},
-                "strides": {"type": "array"},
-            },
-        },
-        {
-            "type": "object",
-            "required": ["name", "kind", "type", "value"],
-            "properties": {
-                "kind": {"const": "scalar"},
-                "type": {"enum": ["i32", "i64", "u64", "fp32", "u1"]},
-            },
-        },
-        {
-            "type": "object",
-            "required": ["name", "kind", "bytes", "align"],
-            "properties": {"kind": {"const": "scratch"}, "bytes": {"type": "integer", "minimum": 0}},
-        },
-    ]
-}
-LAUNCH_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": [
-        "schema",
-        "case",
-        "kernel",
-        "arch",
-        "ptx",
-        "entry",
-        "num_warps",
-        "threads_per_block",
-        "shared_bytes",
-        "grid",
-        "params",
-        "constexprs",
-        "scenario",
-        "ptx_param_count",
-    ],
-    "properties": {
-        "schema": {"const": SCHEMA},
-        "arch": {"type": "integer"},
-        "grid": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3},
-        "params": {"type": "array", "items": _PARAM},
-        "shared_bytes": {"type": "integer", "minimum": 0},
-    },
-}
 STATUSES = ("ok", "ptxas-error", "shared-memory", "compile-error", "load-error")
-
-
-def smem_limit(arch: int) -> int:
-    """Shared memory per block a Triton kernel may use: Triton's driver opts into the maximum
-    (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) and refuses kernels above it."""
-    return ARCH_FACTS[arch].smem_per_block_optin
 
 
 @dataclass
@@ -177,28 +115,6 @@ class Report:
 # --- the worker: one process, Triton imported from the overlay ---------------------------------
 
 
-class SharedMemoryOver(Exception):
-    def __init__(self, needed: int, limit: int) -> None:
-        super().__init__(f"needs {needed} bytes of shared memory per block, limit {limit}")
-        self.needed, self.limit = needed, limit
-
-
-def _guard_shared_memory() -> None:
-    """Stop a compile before ptxas when the kernel cannot launch anyway (Triton would raise
-    OutOfResources at load time): ptxas takes minutes on the big unrolled FMA kernels."""
-    from triton.backends.nvidia.compiler import CUDABackend
-
-    original = CUDABackend.make_cubin
-
-    def make_cubin(self: Any, src: str, metadata: dict, opt: Any, capability: int) -> bytes:
-        needed = metadata.get("shared", 0)
-        if capability in ARCH_FACTS and needed > smem_limit(capability):
-            raise SharedMemoryOver(needed, smem_limit(capability))
-        return original(self, src, metadata, opt, capability)
-
-    CUDABackend.make_cubin = make_cubin
-
-
 def _ptxas_message(text: str) -> str:
     """ptxas' error lines without the temporary file names, each once."""
     errors = []
@@ -207,67 +123,6 @@ def _ptxas_message(text: str) -> str:
         if m and m[1].strip() not in errors:
             errors.append(m[1].strip())
     return "; ".join(errors) or text.strip().splitlines()[0]
-
-
-def compile_launch(fn: Any, launch: Launch, arch: int) -> tuple[Any, dict, dict]:
-    """Specialise the arguments with Triton's own launch binder, then compile for `arch`."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = {**launch.kwargs, "debug": False}
-    bound, specialization, options = binder(*launch.args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-    kernel = triton.compile(
-        ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
-    )
-    return kernel, dict(bound), signature
-
-
-def launch_description(
-    case: Case, arch: int, kernel: Any, bound: dict, signature: dict, launch: Launch
-) -> dict:
-    from stackforge.kernel_cases import Tensor
-
-    params, constexprs = [], {}
-    for name, ty in signature.items():
-        value = bound[name]
-        if ty == "constexpr":
-            constexprs[name] = (
-                value if isinstance(value, int | float | str | bool) or value is None else repr(value)
-            )
-        elif isinstance(value, Tensor):
-            params.append({"name": name, "kind": "pointer", **value.describe()})
-        else:
-            params.append({"name": name, "kind": "scalar", "type": ty, "value": value})
-    md = kernel.metadata
-    params.append({"name": "global_scratch", "kind": "scratch", "bytes": md.global_scratch_size,
-                   "align": md.global_scratch_align})  # fmt: skip
-    params.append({"name": "profile_scratch", "kind": "scratch", "bytes": md.profile_scratch_size,
-                   "align": md.profile_scratch_align})  # fmt: skip
-    entry = re.search(r"\.entry\s+\w+\s*\((.*?)\)", kernel.asm["ptx"], re.S)
-    return {
-        "schema": SCHEMA,
-        "case": case.id,
-        "kernel": case.kernel,
-        "arch": arch,
-        "module": case.module,
-        "function": case.function,
-        "launcher": case.launcher,
-        "entry": md.name,
-        "num_warps": md.num_warps,
-        "threads_per_block": md.num_warps * 32,
-        "shared_bytes": md.shared,
-        "grid": list(launch.grid) + [1] * (3 - len(launch.grid)),
-        "params": params,
-        "constexprs": constexprs,
-        "scenario": launch.scenario,
-        "ptx_param_count": entry[1].count(".param") if entry else None,
-    }
 
 
 def _safe(case_id: str) -> str:
@@ -286,13 +141,11 @@ def _run_case(case: Case, module: Any, arch: int, save: Path | None) -> Result:
         res.shared = kernel.metadata.shared
         if res.shared > limit:
             raise SharedMemoryOver(res.shared, limit)
-        if save is not None:
-            folder = save / f"sm_{arch}"
-            folder.mkdir(parents=True, exist_ok=True)
-            desc = launch_description(case, arch, kernel, bound, signature, launch)
-            (folder / f"{_safe(case.id)}.ptx").write_text(kernel.asm["ptx"])
-            desc["ptx"] = f"{_safe(case.id)}.ptx"
-            (folder / f"{_safe(case.id)}.json").write_text(json.dumps(desc, indent=2, sort_keys=True) + "\n")
+        if save is not None:  # a numerics record: `stackforge.numerics` runs it where it has a reference
+            record, ptxs = triton_record(
+                case.kernel, case.kernel, case.shape, arch, [(case, kernel, bound, signature, launch)]
+            )
+            write_record(save / f"sm_{arch}", _safe(case.id), record, ptxs)
     except SharedMemoryOver as exc:
         res.status, res.shared, res.message = "shared-memory", exc.needed, f"needs {exc.needed} > {exc.limit}"
     except PTXASError as exc:
@@ -314,7 +167,7 @@ def worker_main() -> int:
     job = json.loads(sys.stdin.read())
     from stackforge.vllm_kernels import KernelLoader
 
-    _guard_shared_memory()
+    guard_shared_memory()
     cases = {c.id: c for c in all_cases(tuple(job["head_sizes"]))}
     save = Path(job["save"]) if job.get("save") else None
     by_arch: dict[int, list[str]] = {}
@@ -374,11 +227,7 @@ def run_audit(
     """Compile every case for every arch in `jobs` worker processes; results in case order."""
     items = [(c.id, a) for c in cases for a in archs]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(items)))
-    env = dict(os.environ)
-    env["TRITON_CACHE_DIR"] = str(state / "triton-cache")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(triton_path)] * (triton_path is not None) + [p for p in [env.get("PYTHONPATH")] if p]
-    )
+    env = overlay_env(triton_path, state / "triton-cache")
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, int], Result] = {}
@@ -513,40 +362,63 @@ def print_report(report: Report) -> None:
     )
 
 
-def run_numerics(saved: Path, env: Any) -> int:
-    """`--run`: hand the saved launches to stackforge.numerics (written for issue 5) on this GPU."""
-    try:
-        numerics = importlib.import_module("stackforge.numerics")
-    except ModuleNotFoundError as exc:
-        if exc.name != "stackforge.numerics":
-            raise
-        raise Failure(
-            "--run needs stackforge.numerics, which this installation does not have",
-            hint="run without --run, or update stackforge (the numerics check comes with `audit kernels --run`)",
-        ) from exc
-    why = numerics.gpu_present() if hasattr(numerics, "gpu_present") else None
+def build_numerics(folder: Path, vllm_src: Path, archs: list[int], report: Report, state: Path) -> list[Any]:
+    """The numerics suite for `archs` into `folder`, compiled by the same patched Triton as the audit
+    (the overlay first on PYTHONPATH of a `stackforge.numerics_build` subprocess)."""
+    from stackforge.numerics_build import build_in_subprocess
+
+    overlay = report.triton.get("overlay")
+    with err.status("building the numerics suite (C++ half-atomic fallback, Triton atomics, attention)"):
+        start = time.monotonic()
+        built, log = build_in_subprocess(
+            folder, vllm_src, tuple(archs), Path(overlay) if overlay else None, state
+        )
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    (state / "logs" / "numerics-build.log").write_text(log)
+    for b in built:
+        if not b.ok:
+            out.print(f"  numerics record {b.case}: {b.detail}", markup=False, highlight=False)
+    out.print(
+        f"numerics suite: {sum(b.ok for b in built)} of {len(built)} records compiled into {folder} "
+        f"in {time.monotonic() - start:.1f} s",
+        markup=False,
+        highlight=False,
+    )
+    return built
+
+
+def no_gpu(why: str, saved: Path | None) -> Failure:
+    """`--run` on a machine without a GPU: what happened and what to do instead."""
+    if saved is None:
+        hint = (
+            "add --save-ptx DIR to build the records here, then run `python -m stackforge.numerics DIR` "
+            "on a machine with an NVIDIA GPU and PyTorch (no Triton or CUDA toolkit needed there)"
+        )
+    else:
+        hint = f"the records are in {saved}: run `python -m stackforge.numerics {saved}` on a machine with an NVIDIA GPU and PyTorch"
+    return Failure(f"no GPU: {why}, so --run cannot run the records", hint=hint)
+
+
+def run_numerics(saved: Path, env: Any) -> tuple[int, dict]:
+    """`--run`: every record under `saved` with a reference, for the env's archs, on this GPU."""
+    from stackforge import numerics
+
+    why = numerics.gpu_present()
     if why:
-        raise Failure(
-            f"--run needs a CUDA GPU: {why}",
-            hint="run the audit with --save-ptx DIR and --run on a GPU machine",
-        )
+        raise no_gpu(why, saved)
     results = numerics.run_checks(saved, env)
-    if isinstance(results, int):
-        return results
-    if not results:
-        raise Failure(
-            f"stackforge.numerics found no launch record it can run in {saved}",
-            hint=f"it reads its own records; the audit writes {SCHEMA} (see `stackforge.kernel_audit`)",
-        )
-    for r in results:
-        verdict = "[green]pass[/green]" if r.ok else "[red]FAIL[/red]"
-        out.print(f"  {r.kernel} {r.shape} sm_{r.arch}: max abs err {r.max_abs:.3g} {verdict}")
-    failed = [r for r in results if not r.ok]
-    out.print(f"numerics: {len(results) - len(failed)} of {len(results)} passed")
-    return EXIT_FAILED if failed else EXIT_OK
+    skipped = numerics.unchecked(saved, tuple(env.archs))
+    device = numerics.device_name()
+    text = numerics.table(results, device) + "\n" + numerics.summary(results, skipped)
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+    failed = not results or any(not r.ok for r in results)
+    data = {"device": device, "results": [asdict(r) for r in results], "no_reference": dict(skipped)}
+    return (EXIT_FAILED if failed else EXIT_OK), data
 
 
 def cmd_audit_kernels(args: argparse.Namespace) -> int:
+    from stackforge import numerics
+
     ws = find_workspace(args.root)
     env = load_env(ws, args.env)
     vllm_src = Path(args.vllm_src).resolve() if args.vllm_src else ws.checkout("vllm")
@@ -558,7 +430,11 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
     head_sizes = tuple(int(h) for h in args.head_sizes.split(",")) if args.head_sizes else HEAD_SIZES
     kernels = [k.strip() for k in args.kernels.split(",")] if args.kernels else None
     state = ws.state / "kernel-audit"
-    save = Path(args.save_ptx).resolve() if args.save_ptx else (state / "ptx" if args.run else None)
+    save = Path(args.save_ptx).resolve() if args.save_ptx else None
+    why = numerics.gpu_present() if args.run else None
+    if args.run and save is None and not why:
+        save = state / "records"  # this run's records only: the last run's are removed
+        shutil.rmtree(save, ignore_errors=True)
     info(
         f"auditing vLLM Triton kernels in {vllm_src} for {env.name} ({', '.join(f'sm_{a}' for a in env.archs)})"
     )
@@ -566,13 +442,29 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
         ws, env.name, list(env.archs), vllm_src, patches, kernels=kernels, head_sizes=head_sizes,
         state=state, save=save, jobs=args.jobs, show_progress=not args.json,
     )  # fmt: skip
-    if args.json:
-        print_json(report.to_json())
-    else:
+    data = report.to_json()
+    if not args.json:
         print_report(report)
     code = EXIT_OK if not report.failures else EXIT_FAILED
-    if args.run:
-        code = max(code, run_numerics(save, env))
+    try:
+        if args.run:
+            if why and save is None:  # nothing to build the records for: say so right after the report
+                raise no_gpu(why, None)
+            assert save is not None
+            built = build_numerics(save / "numerics", vllm_src, list(env.archs), report, state)
+            data["numerics_build"] = [asdict(b) for b in built]
+            if not built or not all(b.ok for b in built):
+                code = EXIT_FAILED
+            if why:
+                raise no_gpu(why, save)
+            run_code, data["numerics"] = run_numerics(save, env)
+            code = max(code, run_code)
+    except Failure as exc:
+        data["numerics"] = {"error": exc.message}
+        raise
+    finally:
+        if args.json:
+            print_json(data)
     return code
 
 
@@ -594,10 +486,15 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
-        "--save-ptx", metavar="DIR", help="write PTX + launch JSON of every compiled kernel to DIR"
+        "--save-ptx",
+        metavar="DIR",
+        help="write PTX + a numerics launch record of every compiled kernel to DIR/sm_<arch>/",
     )
     p.add_argument(
-        "--run", action="store_true", help="run the saved PTX on this machine's GPU (stackforge.numerics)"
+        "--run",
+        action="store_true",
+        help="also build the numerics suite (into DIR/numerics with --save-ptx) and run every record "
+        "with a reference on this machine's GPU against PyTorch (stackforge.numerics)",
     )
     p.set_defaults(func=cmd_audit_kernels)
 

@@ -122,6 +122,12 @@ class Attn:
     num_kv_heads: int = 8
     block_size: int = 16
     dtype: str = "float16"
+    # (query_lens, seq_lens) in place of the builder's default batch (PREFILL, DECODE, the encoder's
+    # lengths): the numerics suite runs the same launches at other batches
+    lens: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def pick(self, default: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
+        return (list(self.lens[0]), list(self.lens[1])) if self.lens else default
 
     @property
     def padded(self) -> int:
@@ -188,7 +194,7 @@ def _scale() -> Tensor:
 
 def unified_2d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*PREFILL)
+        b = a.batch(*a.pick(PREFILL))
         t = _seq_tensors(b)
         k, v = _flash_cache(a, b)
         q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")
@@ -236,7 +242,7 @@ def _segments(a: Attn, b: dict[str, Any]) -> dict[str, Tensor]:
 
 def unified_3d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*DECODE)
+        b = a.batch(*a.pick(DECODE))
         t, s = _seq_tensors(b), _segments(a, b)
         k, v = _flash_cache(a, b)
         q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")
@@ -269,7 +275,7 @@ def unified_3d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
 
 def reduce_segments(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*DECODE)
+        b = a.batch(*a.pick(DECODE))
         t, s = _seq_tensors(b), _segments(a, b)
         out = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="output")
         block_m = 16 if a.qpk <= 16 else 1 << (a.qpk - 1).bit_length()
@@ -289,7 +295,7 @@ def reduce_segments(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
 
 def reshape_and_cache(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*PREFILL)
+        b = a.batch(*a.pick(PREFILL))
         k_cache, v_cache = _flash_cache(a, b)
         key = Tensor(a.dtype, (b["num_tokens"], a.num_kv_heads, a.head_size), role="key")
         value = Tensor(a.dtype, key.shape, role="value")
@@ -316,7 +322,7 @@ def encoder_prefill(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     """triton_prefill_attention.context_attention_fwd: TRITON_ATTN's encoder (bidirectional) path."""
 
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        lens = [37, 64, 9]
+        lens = a.pick(([], [37, 64, 9]))[1]
         n_tok = sum(lens)
         q = Tensor(a.dtype, (n_tok, a.num_q_heads, a.head_size), role="query")
         k = Tensor(a.dtype, (n_tok, a.num_kv_heads, a.head_size), role="key")
@@ -346,7 +352,7 @@ def prefix_prefill(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     """prefix_prefill.context_attention_fwd (_fwd_kernel): ROCM_ATTN's prefill with cached prefix."""
 
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*PREFILL)
+        b = a.batch(*a.pick(PREFILL))
         k_cache, v_cache, x = _paged_cache(a, b)
         q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")
         k = Tensor(a.dtype, (b["num_tokens"], a.num_kv_heads, a.head_size), role="key")
@@ -386,7 +392,7 @@ def prefix_prefill_alibi(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     """prefix_prefill.context_attention_fwd with ALiBi slopes (_fwd_kernel_alibi): ROCM_ATTN, ALiBi models."""
 
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*PREFILL)
+        b = a.batch(*a.pick(PREFILL))
         k_cache, v_cache, x = _paged_cache(a, b)
         q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")
         k = Tensor(a.dtype, (b["num_tokens"], a.num_kv_heads, a.head_size), role="key")
@@ -418,7 +424,7 @@ def paged_attention_2d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     """chunked_prefill_paged_decode: ROCM_ATTN's decode kernel (the prefill part is prefix_prefill)."""
 
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*DECODE)
+        b = a.batch(*a.pick(DECODE))
         k_cache, v_cache, x = _paged_cache(a, b)
         t = _seq_tensors(b)
         q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")

@@ -1,28 +1,35 @@
 """Numerics of Pascal/Volta device code on whatever NVIDIA GPU is at hand.
 
-PTX compiled here for sm_60/61/70 (by Triton for the vLLM kernels, by NVRTC 12.9 for CUDA C++
-fallbacks) runs on any newer GPU through the driver's JIT, so an H100 can check that the code a P40
-will run computes the right numbers. `stackforge.numerics_build` writes, into a folder, one
-`<case>.ptx` and one `<case>.json` launch record per kernel x shape x arch; `run_checks` loads each
-PTX with the CUDA driver API (ctypes, libcuda.so.1), makes the inputs with PyTorch on the GPU,
-launches, and compares with a PyTorch reference computed from the same inputs.
+PTX compiled here for sm_60/61/70 (by Triton for vLLM's kernels and our atomics kernels, by NVRTC 12.9
+for CUDA C++ fallbacks) runs on any newer GPU through the driver's JIT, so an H100 can check that the
+code a P40 will run computes the right numbers. `stackforge.numerics_build` (the numerics suite) and
+`stackforge audit kernels --save-ptx` write, into a folder, one `<name>.json` launch record per
+kernel x shape x arch beside its PTX; `run_checks` loads each PTX with the CUDA driver API (ctypes,
+libcuda.so.1), makes the inputs with PyTorch on the GPU, launches, and compares with a PyTorch
+reference computed from the same inputs. Records whose `check` has no reference here (the audit
+saves every kernel it compiles: LoRA, MoE, sampling, ...) are listed, not run.
 
 A launch record (schema "stackforge.numerics/1"):
-    check       which inputs/reference to use: "half_atomic_add", "unified_attention",
-                "triton_atomic_add"
+    check       which inputs/reference to use (a key of CHECKS; audit records name their kernel)
     kernel      the kernel's name; label: the shape in words; arch: 60, 61 or 70 (the PTX target)
-    shape       parameters for the check's input builder (sizes, seed)
+    shape       parameters of the inputs (sizes, sequence lengths, seed; vLLM records: the scenario)
+    tensors     optional: {key: {"dtype", "shape", "strides" (elements), "role"}}: the tensors the
+                launches share, allocated as strided views; `role` says what goes in them
     launches    kernels run in order, each:
         ptx, entry   the PTX file beside the record and its .entry name
-        grid, block  launch geometry; shared: dynamic shared memory in bytes
-        global_scratch, profile_scratch  {"size"}: bytes per program for the two scratch pointers
-                     Triton >= 3.3 appends to every kernel (0: a null pointer)
-        args         runtime parameters in order: {"name", "tensor": NAME} or {"name", "value", "type"}
-    tolerance   {"max_abs": ..., "l2_rel": ...}: a case fails past either
+        grid, block  launch geometry; shared: dynamic shared memory in bytes (above 48 KB the
+                     launch opts in with CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+        global_scratch, profile_scratch  {"size", "align"}: bytes per program for the two scratch
+                     pointers Triton >= 3.3 appends to every kernel (size 0: a null pointer)
+        args         runtime parameters in .entry order: {"name", "tensor": KEY} or
+                     {"name", "value", "type": "i32"|"i64"|"u64"|"fp32"|"i1"...}
+        constexprs, case, module, function, launcher   (Triton launches) what is baked into the
+                     PTX and where vLLM makes this launch
+    tolerance   {"max_abs": ..., "l2_rel": ...}: a case fails past either (null: no reference)
     compiled_with  what produced the PTX
 
 Only the standard library is imported at module level: building the records needs no torch, and
-running them imports torch lazily.
+running them imports torch lazily (the GPU machine needs PyTorch, not Triton or a CUDA toolkit).
 """
 
 from __future__ import annotations
@@ -33,14 +40,83 @@ import json
 import math
 import re
 import sys
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any
 
 SCHEMA = "stackforge.numerics/1"
 FP16_EPS = 2.0**-11  # unit roundoff of float16
+FP32_EPS = 2.0**-24
+
+EXACT = {"max_abs": 0.0, "l2_rel": 0.0}
+# fp16 output rounding and the fp16 P operand of P.V give about 3e-4 of the output's norm
+ATTENTION = {"max_abs": 1e-2, "l2_rel": 5e-3}
+TOLERANCES: dict[str, dict[str, float]] = {
+    "half_atomic_add": EXACT,  # the random case replaces it by Higham's bound at run time
+    "triton_atomic_add": EXACT,
+    "triton_atomic_add_old": EXACT,
+    "triton_atomic_cas": EXACT,
+    # replaced at run time by the bound for fp32 sums of these inputs (about 1e-1; typical errors 1e-5)
+    "triton_last_program_reduces": {"max_abs": 1e-2, "l2_rel": 1.0},
+    "unified_attention_2d": ATTENTION,
+    "unified_attention_3d+reduce_segments": ATTENTION,
+    "prefix_prefill": ATTENTION,
+    "encoder_prefill_attention": ATTENTION,
+}
+
+# jsonschema of a record (tests validate what the builders write against it)
+RECORD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "schema",
+        "check",
+        "kernel",
+        "label",
+        "arch",
+        "shape",
+        "launches",
+        "tolerance",
+        "compiled_with",
+    ],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "arch": {"type": "integer"},
+        "tensors": {
+            "type": "object",
+            "additionalProperties": {"type": "object", "required": ["dtype", "shape", "strides", "role"]},
+        },
+        "launches": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["ptx", "entry", "grid", "block", "shared", "args"],
+                "properties": {
+                    "grid": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 1},
+                        "minItems": 3,
+                        "maxItems": 3,
+                    },
+                    "args": {
+                        "type": "array",
+                        "items": {
+                            "oneOf": [
+                                {"required": ["name", "tensor"]},
+                                {"required": ["name", "value", "type"]},
+                            ]
+                        },
+                    },
+                },
+            },
+        },
+        "tolerance": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["max_abs", "l2_rel"]}]},
+    },
+}
 
 
 @dataclass
@@ -56,51 +132,7 @@ class Result:
     tolerance: dict
     ok: bool
     note: str = ""
-
-
-# --- layouts shared by the build side (no torch) and the run side ------------------------------------
-
-
-def attention_layout(shape: dict) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Tensors of one unified-attention launch, as vLLM's TRITON_ATTN backend lays them out:
-    q/out [tokens, q_heads, head], k/v cache [blocks, block_size, kv_heads, head]."""
-    seqs = shape["seqs"]  # [[query_len, seq_len], ...]: seq_len counts the context and the new tokens
-    tokens = sum(q for q, _ in seqs)
-    blocks_per_seq = max(math.ceil(s / shape["block_size"]) for _, s in seqs)
-    num_blocks = blocks_per_seq * len(seqs) + 3  # a few unused blocks, so wrong indexing reads garbage
-    head, hq, hk, bs = shape["head_size"], shape["num_q_heads"], shape["num_kv_heads"], shape["block_size"]
-    return {
-        "out": ((tokens, hq, head), "float16"),
-        "q": ((tokens, hq, head), "float16"),
-        "k_cache": ((num_blocks, bs, hk, head), "float16"),
-        "v_cache": ((num_blocks, bs, hk, head), "float16"),
-        "block_table": ((len(seqs), blocks_per_seq), "int32"),
-        "seq_lens": ((len(seqs),), "int32"),
-        "cu_seqlens_q": ((len(seqs) + 1,), "int32"),
-        "k_scale": ((1,), "float32"),
-        "v_scale": ((1,), "float32"),
-    } | _segment_layout(shape, tokens)
-
-
-def _segment_layout(shape: dict, tokens: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """The 3D (decode) kernel's per-segment partial results, as the TRITON_ATTN backend allocates them."""
-    segments = shape.get("segments")
-    if not segments:
-        return {}
-    hq, padded = shape["num_q_heads"], 1 << (shape["head_size"] - 1).bit_length()
-    return {
-        "segm_output": ((tokens, hq, segments, padded), "float32"),
-        "segm_max": ((tokens, hq, segments), "float32"),
-        "segm_expsum": ((tokens, hq, segments), "float32"),
-    }
-
-
-def contiguous_strides(dims: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for dim in reversed(dims):
-        strides.append(step)
-        step *= dim
-    return tuple(reversed(strides))
+    seconds: float = 0.0  # JIT, launches and reference
 
 
 # --- the CUDA driver through ctypes ----------------------------------------------------------------
@@ -173,24 +205,16 @@ class Driver:
         )
 
 
-_CTYPE = {
-    "u64": ctypes.c_uint64,
-    "b64": ctypes.c_uint64,
-    "s64": ctypes.c_int64,
-    "u32": ctypes.c_uint32,
-    "b32": ctypes.c_uint32,
-    "s32": ctypes.c_int32,
-    "f32": ctypes.c_float,
-    "f64": ctypes.c_double,
-}
+_INTS = {8: ctypes.c_int8, 16: ctypes.c_int16, 32: ctypes.c_int32, 64: ctypes.c_int64}
 
 
-def _scalar(value: Any, ptx_type: str, kind: str) -> ctypes._SimpleCData:
-    if kind.startswith("fp") or ptx_type.startswith("f"):
-        return _CTYPE.get(ptx_type, ctypes.c_float)(float(value))
-    if ptx_type in ("u32", "b32", "s32"):
-        return ctypes.c_int32(int(value))
-    return ctypes.c_int64(int(value))
+def _scalar(value: Any, ptx_type: str) -> ctypes._SimpleCData:
+    """A scalar argument in the width of its .param (Triton passes i1 as .u8, i32 as .u32, ...)."""
+    bits = int(re.sub(r"\D", "", ptx_type) or 64)
+    if ptx_type.startswith("f"):
+        return (ctypes.c_double if bits == 64 else ctypes.c_float)(float(value))
+    value = int(value) & ((1 << bits) - 1)  # two's complement of the .param's width
+    return _INTS[bits](value - (1 << bits) if value >> (bits - 1) else value)
 
 
 def launch_record(driver: Driver, record: dict, folder: Path, tensors: dict, torch: Any) -> None:
@@ -214,7 +238,7 @@ def _launch_one(driver: Driver, launch: dict, folder: Path, tensors: dict, torch
         if "tensor" in arg:
             params.append(ctypes.c_uint64(tensors[arg["tensor"]].data_ptr()))
         else:
-            params.append(_scalar(arg["value"], ptx_type, arg.get("type", "")))
+            params.append(_scalar(arg["value"], ptx_type))
     scratch = []  # kept alive until the launch has finished
     programs = math.prod(launch["grid"])
     sizes = [
@@ -241,13 +265,29 @@ def _launch_one(driver: Driver, launch: dict, folder: Path, tensors: dict, torch
 # --- inputs and references per check ---------------------------------------------------------------
 
 
+def allocate(record: dict, torch: Any) -> dict[str, Any]:
+    """The record's tensors on the GPU, as strided views over fresh allocations (contents unset)."""
+    tensors = {}
+    for key, d in record.get("tensors", {}).items():
+        span = 1 + sum((n - 1) * st for n, st in zip(d["shape"], d["strides"], strict=True))
+        base = torch.empty(span if all(d["shape"]) else 0, dtype=getattr(torch, d["dtype"]), device="cuda")
+        tensors[key] = torch.as_strided(base, d["shape"], d["strides"])
+    return tensors
+
+
+def _role(record: dict, tensors: dict, role: str) -> Any:
+    (found,) = [tensors[k] for k, d in record["tensors"].items() if d["role"] == role]
+    return found
+
+
 def _errors(out: Any, ref: Any) -> tuple[float, float, float]:
-    err = (out.double() - ref.double()).abs()
-    if not bool(err.isfinite().all()) or not bool(out.isfinite().all()):
+    out, ref = out.double(), ref.double()
+    if not bool(out.isfinite().all()):
         return math.inf, math.inf, math.inf
-    ref_max = float(ref.double().abs().max()) or 1.0
-    l2 = float(ref.double().norm()) or 1.0
-    return float(err.max()), float(err.max()) / ref_max, float((out.double() - ref.double()).norm()) / l2
+    err = (out - ref).abs()
+    ref_max = float(ref.abs().max()) or 1.0
+    l2 = float(ref.norm()) or 1.0
+    return float(err.max()), float(err.max()) / ref_max, float((out - ref).norm()) / l2
 
 
 def check_half_atomic_add(record: dict, run: Callable[[dict], None], torch: Any) -> tuple[Any, Any, str]:
@@ -290,79 +330,228 @@ def check_half_atomic_add(record: dict, run: Callable[[dict], None], torch: Any)
 
 
 def check_triton_atomic_add(record: dict, run: Callable[[dict], None], torch: Any) -> tuple[Any, Any, str]:
-    """tl.atomic_add fp32 (default sem acq_rel) from every program into few slots; values j/64 keep
-    every partial sum exact in fp32, so the result must equal the float64 sum exactly."""
-    shape = record["shape"]
-    n, slots = shape["n"], shape["slots"]
+    """Every lane of every program adds k/4 (k in 0..3) into slot (lane * stride) % slots: all
+    partial sums are multiples of 1/4 below 256, exact in fp16 and fp32, so the result must equal
+    the float64 sum exactly; any lost or torn update (the fp16 CAS loop) shows."""
+    shape, t = record["shape"], allocate(record, torch)
     gen = torch.Generator(device="cuda").manual_seed(shape["seed"])
-    idx = torch.randint(0, slots, (n,), device="cuda", generator=gen, dtype=torch.int32)
-    vals = torch.randint(1, 5, (n,), device="cuda", generator=gen).to(torch.float32) / 64
-    out = torch.zeros(slots, device="cuda", dtype=torch.float32)
-    run({"out": out, "idx": idx, "vals": vals})
-    ref = torch.zeros(slots, dtype=torch.float64, device="cuda").index_add_(0, idx.long(), vals.double())
-    return out, ref, ""
+    x, y = _role(record, t, "addends"), _role(record, t, "slots")
+    x.copy_(torch.randint(0, 4, x.shape, device="cuda", generator=gen).to(x.dtype) / 4)
+    y.zero_()
+    run(t)
+    idx = (torch.arange(x.numel(), device="cuda") * shape["stride"]) % shape["slots"]
+    ref = torch.zeros(y.numel(), dtype=torch.float64, device="cuda").index_add_(0, idx, x.double())
+    return y, ref, f"{x.numel() // y.numel()} adds per slot"
+
+
+def check_triton_atomic_add_old(
+    record: dict, run: Callable[[dict], None], torch: Any
+) -> tuple[Any, Any, str]:
+    """An fp16 atomic add returns the value it replaced, and writes the fp16-rounded sum, for both
+    halves of every 32-bit word; masked lanes neither add nor return."""
+    shape, t = record["shape"], allocate(record, torch)
+    gen = torch.Generator(device="cuda").manual_seed(shape["seed"])
+    y, r, x = (_role(record, t, k) for k in ("target", "returned", "addends"))
+    y0 = torch.randn(y.shape, device="cuda", generator=gen).half()
+    y.copy_(y0)
+    x.copy_(torch.randn(x.shape, device="cuda", generator=gen).half())
+    r.fill_(-7.0)
+    run(t)
+    m = torch.arange(y.numel(), device="cuda") < shape["masked_from"]
+    want_y = torch.where(m, (y0.float() + x.float()).half(), y0)  # fp32 holds the sum exactly
+    want_r = torch.where(m, y0, torch.full_like(y0, -7.0))
+    return (
+        torch.cat([y, r]),
+        torch.cat([want_y, want_r]),
+        "sums and returned old values, masked tail untouched",
+    )
+
+
+def check_triton_atomic_cas(record: dict, run: Callable[[dict], None], torch: Any) -> tuple[Any, Any, str]:
+    """atomic_cas swaps exactly where the target equals the comparand and returns the old value
+    (fp16: one half of a 32-bit word through the patch's CAS loop)."""
+    shape, t = record["shape"], allocate(record, torch)
+    gen = torch.Generator(device="cuda").manual_seed(shape["seed"])
+    y, r, c, v = (_role(record, t, k) for k in ("target", "returned", "compare", "values"))
+    y0 = torch.randint(0, 4, y.shape, device="cuda", generator=gen).to(y.dtype)
+    y.copy_(y0)
+    c.copy_(torch.randint(0, 4, c.shape, device="cuda", generator=gen).to(c.dtype))
+    v.copy_(torch.randint(10, 20, v.shape, device="cuda", generator=gen).to(v.dtype))
+    r.zero_()
+    run(t)
+    swapped = int((y0 == c).sum())
+    return (
+        torch.cat([y, r]),
+        torch.cat([torch.where(y0 == c, v, y0), y0]),
+        f"{swapped} of {y.numel()} swapped",
+    )
+
+
+def check_last_program_reduces(record: dict, run: Callable[[dict], None], torch: Any) -> tuple[Any, Any, str]:
+    """Each program stores its partial sum, then takes a ticket with an acq_rel atomic_add; the
+    program with the last ticket sums every partial. Partials start as NaN, so a partial read
+    before it is visible poisons the total. Tolerance: gamma_k * sum|x| for fp32 sums of depth k."""
+    shape, t = record["shape"], allocate(record, torch)
+    gen = torch.Generator(device="cuda").manual_seed(shape["seed"])
+    x, part, count, total = (_role(record, t, k) for k in ("addends", "partials", "counter", "total"))
+    x.copy_(torch.randn(x.shape, device="cuda", generator=gen))
+    part.fill_(float("nan"))
+    count.zero_()
+    total.fill_(float("nan"))
+    run(t)
+    if int(count.item()) != shape["programs"]:
+        return total, torch.full_like(total, math.inf), f"counter {int(count.item())} != {shape['programs']}"
+    k = 2 * math.ceil(math.log2(x.numel()))  # a generous depth for in-thread + shuffle + cross-warp sums
+    bound = k * FP32_EPS / (1 - k * FP32_EPS) * float(x.double().abs().sum())
+    record["tolerance"] = {"max_abs": bound, "l2_rel": 1.0}
+    return (
+        total,
+        x.double().sum().reshape(1),
+        f"counter {shape['programs']}; bound gamma_{k}*sum|x| = {bound:.3g}",
+    )
+
+
+def _attention_inputs(record: dict, torch: Any) -> dict[str, Any]:
+    """Random fp16 activations and caches, NaN outputs (every element must be written), the
+    sequence bookkeeping from the scenario, and a block table of shuffled KV blocks."""
+    sc, t = record["shape"], allocate(record, torch)
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    seq_lens = sc["seq_lens"]
+    query_lens = sc.get("query_lens", seq_lens)
+    for key, d in record["tensors"].items():
+        x, role = t[key], d["role"]
+        if role in (
+            "query",
+            "key",
+            "value",
+            "key_cache",
+            "value_cache",
+            "paged_key_cache",
+            "paged_value_cache",
+        ):
+            x.copy_(torch.randn(x.shape, device="cuda", generator=gen) / 2)
+        elif role in ("output", "segm_output", "segm_max", "segm_expsum"):
+            x.fill_(float("nan"))
+        elif role == "scale_one":
+            x.fill_(1.0)
+        elif role in ("seq_lens", "b_seq_len"):
+            x.copy_(torch.tensor(seq_lens))
+        elif role == "cu_seqlens_q":
+            x.copy_(torch.tensor([0, *accumulate(query_lens)]))
+        elif role == "b_start_loc":
+            x.copy_(torch.tensor([0, *accumulate(seq_lens)][:-1]))
+        elif role == "block_table":
+            per = math.ceil(max(seq_lens) / sc["block_size"])
+            perm = torch.randperm(sc["num_blocks"], device="cuda", generator=gen)[: len(seq_lens) * per]
+            x.zero_()
+            x[:, :per] = perm.view(len(seq_lens), per).to(x.dtype)
+        else:
+            raise ValueError(f"no input rule for a tensor of role {role!r} ({key})")
+    return t
+
+
+def _attend(q: Any, k: Any, v: Any, scale: float, offset: int | None, torch: Any) -> Any:
+    """softmax(q k^T * scale) v in float64 with GQA; causal when `offset` is given: query i sees the
+    keys up to offset + i (the cached context comes first)."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
+    s = torch.einsum("qhd,khd->hqk", q.double(), k) * scale
+    if offset is not None:
+        i = torch.arange(q.shape[0], device="cuda")[:, None]
+        j = torch.arange(k.shape[0], device="cuda")[None, :]
+        s = s.masked_fill(j > offset + i, -math.inf)
+    return torch.einsum("hqk,khd->qhd", s.softmax(-1), v)
 
 
 def check_unified_attention(record: dict, run: Callable[[dict], None], torch: Any) -> tuple[Any, Any, str]:
-    """vLLM's unified attention (the 2D kernel, or for decode the 3D kernel + reduce_segments) over a
-    paged KV cache with a random block table, against torch SDPA in float64 on the same fp16 inputs,
-    causal with each sequence's context offset."""
-    shape = record["shape"]
-    layout = attention_layout(shape)
-    gen = torch.Generator(device="cuda").manual_seed(shape["seed"])
-    t: dict[str, Any] = {}
-    for name, (dims, dtype) in layout.items():
-        if dtype == "float16":
-            t[name] = torch.randn(dims, device="cuda", generator=gen).half()
-    t["out"].fill_(float("nan"))  # poisoned: every element must be written
-    seqs = shape["seqs"]
-    blocks_total, per_seq = layout["k_cache"][0][0], layout["block_table"][0][1]
-    perm = torch.randperm(blocks_total, device="cuda", generator=gen)[: len(seqs) * per_seq]
-    t["block_table"] = perm.view(len(seqs), per_seq).to(torch.int32).contiguous()
-    t["seq_lens"] = torch.tensor([s for _, s in seqs], device="cuda", dtype=torch.int32)
-    t["cu_seqlens_q"] = torch.tensor([0, *accumulate(q for q, _ in seqs)], device="cuda", dtype=torch.int32)
-    t["k_scale"] = torch.ones(1, device="cuda", dtype=torch.float32)
-    t["v_scale"] = torch.ones(1, device="cuda", dtype=torch.float32)
-    for name in ("segm_output", "segm_max", "segm_expsum"):
-        if name in layout:
-            t[name] = torch.full(layout[name][0], float("nan"), device="cuda", dtype=torch.float32)
+    """vLLM's unified attention (the 2D kernel, or the 3D kernel + reduce_segments) over the flash
+    KV-cache layout and a shuffled block table: causal attention of each sequence's new tokens over
+    its whole cached sequence, against a float64 reference on the same fp16 inputs."""
+    sc = record["shape"]
+    t = _attention_inputs(record, torch)
     run(t)
-    hq, hk, scale = shape["num_q_heads"], shape["num_kv_heads"], shape["scale"]
-    refs = []
-    start = 0
-    for s, (qlen, slen) in enumerate(seqs):
-        blocks = t["block_table"][s].long()
-        k = t["k_cache"][blocks].reshape(-1, hk, shape["head_size"])[:slen].double()
-        v = t["v_cache"][blocks].reshape(-1, hk, shape["head_size"])[:slen].double()
-        q = t["q"][start : start + qlen].double()
-        k = k.repeat_interleave(hq // hk, dim=1)
-        v = v.repeat_interleave(hq // hk, dim=1)
-        qpos = torch.arange(slen - qlen, slen, device="cuda")[:, None]
-        mask = torch.arange(slen, device="cuda")[None, :] <= qpos  # causal, offset by the context
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale
-        )
-        refs.append(o.transpose(0, 1))
+    q, out, bt = (_role(record, t, r) for r in ("query", "output", "block_table"))
+    kc, vc = _role(record, t, "key_cache"), _role(record, t, "value_cache")
+    bs, hk, hd = sc["block_size"], sc["num_kv_heads"], sc["head_size"]
+    refs, start = [], 0
+    for s, (qlen, slen) in enumerate(zip(sc["query_lens"], sc["seq_lens"], strict=True)):
+        blocks = bt[s, : math.ceil(slen / bs)].long()
+        k = kc[blocks].reshape(-1, hk, hd)[:slen]
+        v = vc[blocks].reshape(-1, hk, hd)[:slen]
+        refs.append(_attend(q[start : start + qlen], k, v, sc["sm_scale"], slen - qlen, torch))
         start += qlen
-    return t["out"], torch.cat(refs), ""
+    return out, torch.cat(refs), ""
+
+
+def check_prefix_prefill(record: dict, run: Callable[[dict], None], torch: Any) -> tuple[Any, Any, str]:
+    """prefix_prefill's _fwd_kernel: each sequence's cached context in the paged layout (key
+    [blocks, kv_heads, head/x, block, x], value [blocks, kv_heads, head, block]) behind a shuffled
+    block table, its new tokens' K/V passed directly; causal over context + new tokens."""
+    sc = record["shape"]
+    t = _attention_inputs(record, torch)
+    run(t)
+    q, k_new, v_new, out, bt = (
+        _role(record, t, r) for r in ("query", "key", "value", "output", "block_table")
+    )
+    kc, vc = _role(record, t, "paged_key_cache"), _role(record, t, "paged_value_cache")
+    bs, hk, hd = sc["block_size"], sc["num_kv_heads"], sc["head_size"]
+    refs, start = [], 0
+    for s, (qlen, slen) in enumerate(zip(sc["query_lens"], sc["seq_lens"], strict=True)):
+        ctx = slen - qlen
+        pos = torch.arange(ctx, device="cuda")
+        blk, off = bt[s, pos // bs].long(), pos % bs
+        k = torch.cat([kc[blk, :, :, off, :].reshape(ctx, hk, hd), k_new[start : start + qlen]])
+        v = torch.cat([vc[blk, :, :, off], v_new[start : start + qlen]])
+        refs.append(_attend(q[start : start + qlen], k, v, sc["sm_scale"], ctx, torch))
+        start += qlen
+    return out, torch.cat(refs), ""
+
+
+def check_encoder_attention(record: dict, run: Callable[[dict], None], torch: Any) -> tuple[Any, Any, str]:
+    """triton_prefill_attention's _fwd_kernel as the encoder runs it: bidirectional attention
+    within each of the packed sequences."""
+    sc = record["shape"]
+    t = _attention_inputs(record, torch)
+    run(t)
+    q, k, v, out = (_role(record, t, r) for r in ("query", "key", "value", "output"))
+    bounds = [0, *accumulate(sc["seq_lens"])]
+    refs = [_attend(q[a:b], k[a:b], v[a:b], sc["sm_scale"], None, torch) for a, b in pairwise(bounds)]
+    return out, torch.cat(refs), ""
 
 
 CHECKS: dict[str, Callable[[dict, Callable[[dict], None], Any], tuple[Any, Any, str]]] = {
     "half_atomic_add": check_half_atomic_add,
     "triton_atomic_add": check_triton_atomic_add,
-    "unified_attention": check_unified_attention,
+    "triton_atomic_add_old": check_triton_atomic_add_old,
+    "triton_atomic_cas": check_triton_atomic_cas,
+    "triton_last_program_reduces": check_last_program_reduces,
+    "unified_attention_2d": check_unified_attention,
+    "unified_attention_3d+reduce_segments": check_unified_attention,
+    "prefix_prefill": check_prefix_prefill,
+    "encoder_prefill_attention": check_encoder_attention,
 }
 
 
 def load_records(saved_dir: Path, archs: tuple[int, ...] | None = None) -> list[tuple[Path, dict]]:
+    """Every record under `saved_dir` (any depth) for `archs` (None: all)."""
     records = []
     for path in sorted(Path(saved_dir).rglob("*.json")):
-        data = json.loads(path.read_text())
-        if data.get("schema") != SCHEMA:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
             continue
-        if archs is None or data["arch"] in archs:
+        if (
+            isinstance(data, dict)
+            and data.get("schema") == SCHEMA
+            and (archs is None or data["arch"] in archs)
+        ):
             records.append((path, data))
     return records
+
+
+def unchecked(saved_dir: Path, archs: tuple[int, ...] | None = None) -> Counter:
+    """Kernels of the records that have no reference here: check -> number of records."""
+    return Counter(r["check"] for _, r in load_records(saved_dir, archs) if r["check"] not in CHECKS)
 
 
 def gpu_present() -> str | None:
@@ -376,9 +565,16 @@ def gpu_present() -> str | None:
     return None
 
 
+def device_name() -> str:
+    import torch
+
+    cap = ".".join(map(str, torch.cuda.get_device_capability()))
+    return f"{torch.cuda.get_device_name()} (compute capability {cap})"
+
+
 def run_checks(saved_dir: Path, env: Any = None) -> list[Result]:
-    """Run every launch record under `saved_dir` whose arch belongs to `env` (a GpuEnv, anything with
-    `.archs`, or None for all) on the current GPU."""
+    """Run every record under `saved_dir` that has a reference, for the archs of `env` (a GpuEnv,
+    anything with `.archs`, or None for all), on the current GPU."""
     import torch
 
     archs = tuple(env.archs) if env is not None else None
@@ -387,11 +583,14 @@ def run_checks(saved_dir: Path, env: Any = None) -> list[Result]:
     driver = Driver()
     results = []
     for path, record in load_records(saved_dir, archs):
-        check = CHECKS[record["check"]]
+        check = CHECKS.get(record["check"])
+        if check is None:
+            continue
 
         def run(tensors: dict, record: dict = record, folder: Path = path.parent) -> None:
             launch_record(driver, record, folder, tensors, torch)
 
+        start = time.monotonic()
         try:
             out, ref, note = check(record, run, torch)
             max_abs, max_rel, l2_rel = _errors(out, ref)
@@ -399,9 +598,21 @@ def run_checks(saved_dir: Path, env: Any = None) -> list[Result]:
             ok = max_abs <= tol["max_abs"] and l2_rel <= tol["l2_rel"]
         except Exception as exc:  # a JIT or launch failure is a result, not a crash of the whole run
             max_abs = max_rel = l2_rel = math.inf
-            tol, ok, note = record.get("tolerance", {}), False, f"{type(exc).__name__}: {exc}"[:300]
+            tol, ok, note = record.get("tolerance") or {}, False, f"{type(exc).__name__}: {exc}"[:300]
+        seconds = round(time.monotonic() - start, 2)
         results.append(
-            Result(record["kernel"], record["label"], record["arch"], max_abs, max_rel, l2_rel, tol, ok, note)
+            Result(
+                record["kernel"],
+                record["label"],
+                record["arch"],
+                max_abs,
+                max_rel,
+                l2_rel,
+                tol,
+                ok,
+                note,
+                seconds,
+            )
         )
     return results
 
@@ -415,16 +626,24 @@ def table(results: list[Result], device: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        tol = (
-            f"{r.tolerance.get('max_abs', float('nan')):.3g} / {r.tolerance.get('l2_rel', float('nan')):.3g}"
-        )
+        tol = f"{r.tolerance.get('max_abs', math.nan):.3g} / {r.tolerance.get('l2_rel', math.nan):.3g}"
         verdict = "pass" if r.ok else "FAIL"
         if r.note:
             verdict += f" ({r.note})"
+        verdict = verdict.replace("|", "\\|")
         lines.append(
             f"| {r.kernel} | {r.shape} | sm_{r.arch} | {r.max_abs:.3g} | {r.max_rel:.3g} | {r.l2_rel:.3g} | {tol} | {verdict} |"
         )
     return "\n".join(lines)
+
+
+def summary(results: list[Result], skipped: Counter) -> str:
+    failed = [r for r in results if not r.ok]
+    text = f"{len(results) - len(failed)} of {len(results)} passed in {sum(r.seconds for r in results):.1f} s"
+    if skipped:
+        names = ", ".join(f"{k} ({n})" for k, n in sorted(skipped.items()))
+        text += f"; {sum(skipped.values())} compiled records have no reference here: {names}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,30 +651,32 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m stackforge.numerics", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "saved_dir", type=Path, help="folder of launch records and PTX (stackforge.numerics_build)"
+        "saved_dir",
+        type=Path,
+        help="folder of launch records and PTX (numerics_build, audit kernels --save-ptx)",
     )
     parser.add_argument("--archs", default=None, help="comma-separated PTX targets to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     why = gpu_present()
     if why:
-        print(f"numerics: skipped: {why}")
-        return 0
-    import torch
-
+        print(f"no GPU: {why}; nothing run")
+        return 1
     archs = None
     if args.archs:
         archs = type("Archs", (), {"archs": tuple(int(a) for a in args.archs.split(","))})()
     results = run_checks(args.saved_dir, archs)
-    device = f"{torch.cuda.get_device_name()} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability()))})"
+    device = device_name()
     print(table(results, device))
+    skipped = unchecked(args.saved_dir, archs.archs if archs else None)
     if args.json:
         args.json.write_text(
-            json.dumps({"device": device, "results": [asdict(r) for r in results]}, indent=2)
+            json.dumps(
+                {"device": device, "results": [asdict(r) for r in results], "no_reference": skipped}, indent=2
+            )
         )
-    failed = [r for r in results if not r.ok]
-    print(f"{len(results) - len(failed)} of {len(results)} passed")
-    return 1 if failed or not results else 0
+    print(summary(results, skipped))
+    return 1 if not results or any(not r.ok for r in results) else 0
 
 
 if __name__ == "__main__":

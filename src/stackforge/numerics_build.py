@@ -1,17 +1,25 @@
-"""Compile, without a GPU, the device code whose numerics `stackforge.numerics` checks on a GPU:
+"""Compile, without a GPU, the device code whose numerics `stackforge.numerics` checks on a GPU.
+
+The numerics suite, for sm_60, sm_61 and sm_70 (`--archs`):
 
 * the CUDA C++ `atomicAdd(__half*)` fallback that our vLLM patch adds (csrc/cuda_atomic_compat.cuh: a
-  CAS loop on the 32-bit word under `__CUDA_ARCH__ < 700`), compiled from the patched tree by NVRTC 12.9
-  (PyPI `nvidia-cuda-nvrtc-cu12==12.9.86`, headers from `nvidia-cuda-runtime-cu12==12.9.79`) to
-  compute_60 PTX (the fallback) and compute_70 (the native instruction);
-* vLLM's `kernel_unified_attention_2d`, loaded from a vLLM source tree with
-  `stackforge.vllm_kernels` and compiled by the installed Triton (3.5.1, what PyTorch 2.9.1 pins)
-  for sm_61 and sm_70 at the launch parameters vLLM's launcher picks for each shape;
-* a Triton `tl.atomic_add` fp32 kernel (default sem="acq_rel") for sm_61 and sm_70.
+  CAS loop on the 32-bit word under `__CUDA_ARCH__ < 700`), compiled from the vLLM tree by NVRTC 12.9
+  (PyPI `nvidia-cuda-nvrtc-cu12==12.9.86`, headers from `nvidia-cuda-runtime-cu12==12.9.79`):
+  compute_60/61 get the fallback, compute_70 the native instruction;
+* Triton atomics (`stackforge.numerics_kernels`): what patches/triton 0002/0003 lower differently
+  below sm_70;
+* vLLM's attention kernels loaded from the vLLM tree (`stackforge.vllm_kernels`) at batches other
+  than the kernel audit's: unified attention 2D, 3D + reduce_segments (what TRITON_ATTN runs),
+  prefix prefill and the encoder's prefill attention at the tiles the patched launchers pick.
 
-Each case is written as `<case>.ptx` + `<case>.json` (the launch record `stackforge.numerics`
-documents). What cannot be compiled is reported, not hidden: an sm_61 Triton atomic fails ptxas on
-stock Triton 3.5.1 ("Feature '.acq_rel' requires .target sm_70 or higher").
+Triton kernels are compiled the way the kernel audit compiles them (`compile_launch`: Triton's
+own launch binder on `kernel_cases` launches), with the installed Triton plus patches/triton
+through `triton_overlay`: run as a program, this module prepares the overlay and re-runs itself
+in a subprocess with the overlay first on PYTHONPATH, as the audit's workers do.
+
+Each record is `<name>-sm<arch>.json` (schema `stackforge.numerics/1`, see `stackforge.numerics`)
+beside its PTX. What cannot be compiled is reported, not hidden (e.g. the fallback header missing
+from an unpatched tree, or an sm_61 atomic without the Triton patches).
 """
 
 from __future__ import annotations
@@ -19,17 +27,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
+import importlib
 import importlib.util
 import io
 import json
 import math
+import os
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stackforge.numerics import SCHEMA, attention_layout, contiguous_strides
+from stackforge.kernel_cases import Attn, Case, Launch, Tensor
+from stackforge.numerics import SCHEMA, TOLERANCES
+
+ARCHS = (60, 61, 70)
 
 # The kernel includes the fallback header our vLLM patch adds (csrc/cuda_atomic_compat.cuh), so what
 # runs is the patch's own code: below sm_70 its CAS loop, from sm_70 the native instruction.
@@ -69,38 +84,10 @@ HALF_ATOMIC_CASES = (
     },
 )
 
-# (label, kernel path, seqs [[query_len, seq_len], ...], q heads, kv heads, head size, KV block size).
-# "2d": prefill/mixed batches; "3d": decode-only batches smaller than vLLM's 3D threshold
-# (128 // kv heads sequences), which run the 3D kernel and reduce_segments.
-ATTENTION_SHAPES = (
-    ("prefill q=64,100 heads 8/2 d=128 blk16", "2d", [[64, 64], [100, 100]], 8, 2, 128, 16),
-    (
-        "mixed q=1,1,40 kv=300,77,200 heads 32/8 d=64 blk16",
-        "2d",
-        [[1, 300], [1, 77], [40, 200]],
-        32,
-        8,
-        64,
-        16,
-    ),
-    ("prefill q=50 kv=130 heads 12/4 d=80 blk32", "2d", [[50, 130]], 12, 4, 80, 32),
-    (
-        "decode kv=17,64,200,513 heads 16/16 d=256 blk16",
-        "2d",
-        [[1, 17], [1, 64], [1, 200], [1, 513]],
-        16,
-        16,
-        256,
-        16,
-    ),
-    ("decode kv=33,300,1000 heads 32/8 d=128 blk16", "3d", [[1, 33], [1, 300], [1, 1000]], 32, 8, 128, 16),
-    ("decode kv=5,700 heads 14/2 d=64 blk32", "3d", [[1, 5], [1, 700]], 14, 2, 64, 32),
-)
-
 
 @dataclass
 class Built:
-    """What happened to one case: compiled (with its record path) or not (why)."""
+    """What happened to one record: compiled (with a short detail) or not (why)."""
 
     case: str
     arch: int
@@ -155,20 +142,20 @@ def nvrtc_version() -> str:
     return f"NVRTC {major.value}.{minor.value}"
 
 
-def _write(out: Path, case: str, record: dict, ptxs: list[str]) -> Path:
-    """`<case>.json` plus one `<case>[.N].ptx` per launch (the record's launches name them)."""
+def write_record(out: Path, name: str, record: dict, ptxs: list[str]) -> Path:
+    """`<name>.json` plus one `<name>[.N].ptx` per launch (the record's launches name them)."""
     out.mkdir(parents=True, exist_ok=True)
     for i, (launch, ptx) in enumerate(zip(record["launches"], ptxs, strict=True)):
-        launch["ptx"] = f"{case}.ptx" if len(ptxs) == 1 else f"{case}.{i}.ptx"
+        launch["ptx"] = f"{name}.ptx" if len(ptxs) == 1 else f"{name}.{i}.ptx"
         (out / launch["ptx"]).write_text(ptx)
-    path = out / f"{case}.json"
-    path.write_text(json.dumps({"schema": SCHEMA, **record}, indent=1) + "\n")
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"schema": SCHEMA, **record}, indent=1, sort_keys=True) + "\n")
     return path
 
 
-def build_half_atomic(out: Path, vllm: Path, archs: tuple[int, ...] = (60, 70)) -> list[Built]:
-    """(a): atomicAdd(__half*) from the vLLM tree's fallback header: its CAS loop for compute_60, the
-    native instruction for compute_70. Without the patch, compute_60 does not compile (reported)."""
+def build_half_atomic(out: Path, vllm: Path, archs: tuple[int, ...] = ARCHS) -> list[Built]:
+    """atomicAdd(__half*) from the vLLM tree's fallback header: its CAS loop below compute_70, the
+    native instruction for compute_70. Without the patch, compute_6x does not compile (reported)."""
     built = []
     csrc = vllm / FALLBACK_HEADER
     for arch in archs:
@@ -205,280 +192,344 @@ def build_half_atomic(out: Path, vllm: Path, archs: tuple[int, ...] = (60, 70)) 
                         ],
                     }
                 ],
-                "tolerance": {"max_abs": 0.0, "l2_rel": 0.0},
+                "tolerance": TOLERANCES["half_atomic_add"],
                 "compiled_with": nvrtc_version(),
             }
-            _write(out, name, record, [ptx])
+            write_record(out, name, record, [ptx])
             built.append(Built(name, arch, True, "compiled"))
     return built
 
 
-# --- Triton ----------------------------------------------------------------------------------------
-
-_TRITON_DTYPES = {"float16": "*fp16", "float32": "*fp32", "int32": "*i32", "int64": "*i64"}
+# --- Triton: one compile path for the audit and the suite ------------------------------------------
 
 
-def triton_compile(
-    fn: Any, arch: int, values: dict[str, Any], tensors: dict[str, str], num_warps: int = 4
-) -> Any:
-    """Compile JITFunction `fn` for sm_<arch>: `values` gives every parameter (tensor params name a
-    dtype in `tensors`; None and constexprs are baked in), as a launcher call would."""
+class SharedMemoryOver(Exception):
+    def __init__(self, needed: int, limit: int) -> None:
+        super().__init__(f"needs {needed} bytes of shared memory per block, limit {limit}")
+        self.needed, self.limit = needed, limit
+
+
+def smem_limit(arch: int) -> int:
+    """Shared memory per block a Triton kernel may use: Triton's driver opts into the maximum
+    (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) and refuses kernels above it."""
+    from stackforge.envs import ARCH_FACTS
+
+    return ARCH_FACTS[arch].smem_per_block_optin
+
+
+def guard_shared_memory() -> None:
+    """Stop a compile before ptxas when the kernel cannot launch anyway (Triton would raise
+    OutOfResources at load time): ptxas takes minutes on the big unrolled FMA kernels."""
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    from stackforge.envs import ARCH_FACTS
+
+    original = CUDABackend.make_cubin
+    if getattr(original, "stackforge_guard", False):
+        return
+
+    def make_cubin(self: Any, src: str, metadata: dict, opt: Any, capability: int) -> bytes:
+        needed = metadata.get("shared", 0)
+        if capability in ARCH_FACTS and needed > smem_limit(capability):
+            raise SharedMemoryOver(needed, smem_limit(capability))
+        return original(self, src, metadata, opt, capability)
+
+    make_cubin.stackforge_guard = True  # type: ignore[attr-defined]
+    CUDABackend.make_cubin = make_cubin
+
+
+def compile_launch(fn: Any, launch: Launch, arch: int) -> tuple[Any, dict, dict]:
+    """Specialise the arguments with Triton's own launch binder, then compile for `arch`:
+    (compiled kernel, bound arguments, Triton signature)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
 
-    signature, constexprs, attrs = {}, {}, {}
-    for i, param in enumerate(fn.params):
-        value = values.get(param.name, param.default)
-        if param.is_constexpr or value is None:
-            signature[param.name] = "constexpr"
-            constexprs[param.name] = value
-        elif param.name in tensors:
-            signature[param.name] = _TRITON_DTYPES[tensors[param.name]]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # PyTorch allocations are 256-byte aligned
-        elif isinstance(value, float):
-            signature[param.name] = "fp32"
-        else:
-            annotation = str(param.annotation or "")
-            signature[param.name] = "i64" if "64" in annotation else "i32"
-            if isinstance(value, int) and value % 16 == 0 and value != 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]  # what Triton's launcher specializes too
-    src = ASTSource(fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {**launch.kwargs, "debug": False}
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     with contextlib.redirect_stdout(io.StringIO()):  # Triton prints a whole PTX reproducer on a ptxas error
-        return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+        kernel = triton.compile(
+            ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
+        )
+    return kernel, dict(bound), signature
 
 
-def _triton_launch(kernel: Any, fn: Any, values: dict, tensors: dict, grid: list[int]) -> dict:
-    """The launch entry of a compiled Triton kernel: runtime args in parameter order."""
-    args = []
-    for param in fn.params:
-        value = values.get(param.name, param.default)
-        if param.is_constexpr or value is None:
-            continue
-        if param.name in tensors:
-            args.append({"name": param.name, "tensor": values[param.name]})
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, int | float | str | bool) or value is None else repr(value)
+
+
+def _tensor_key(tensors: dict[str, dict], desc: dict, param: str) -> str:
+    """Launches of one record share tensors by role (the 3D kernel's segment buffers are what
+    reduce_segments reads); a role seen with another shape gets the parameter's name added."""
+    key = desc["role"]
+    if key in tensors and tensors[key] != desc:
+        key = f"{desc['role']}.{param}"
+    tensors[key] = desc
+    return key
+
+
+def triton_launch(
+    kernel: Any, bound: dict, signature: dict, launch: Launch, case: Case, tensors: dict
+) -> dict:
+    """The numerics launch entry of a compiled kernel (runtime arguments in .entry order; tensors
+    described in `tensors`), with the constexprs baked in and where vLLM makes the launch."""
+    args, constexprs = [], {}
+    for name, ty in signature.items():
+        value = bound[name]
+        if ty == "constexpr":
+            constexprs[name] = _jsonable(value)
+        elif isinstance(value, Tensor):
+            args.append({"name": name, "tensor": _tensor_key(tensors, value.describe(), name)})
         else:
-            kind = (
-                "fp32"
-                if isinstance(value, float)
-                else ("i64" if "64" in str(param.annotation or "") else "i32")
-            )
-            args.append({"name": param.name, "value": value, "type": kind})
+            args.append({"name": name, "value": value, "type": ty})
     md = kernel.metadata
     return {
         "entry": md.name,
-        "grid": grid,
+        "grid": list(launch.grid) + [1] * (3 - len(launch.grid)),
         "block": [md.num_warps * 32, 1, 1],
         "shared": md.shared,
-        "global_scratch": {"size": getattr(md, "global_scratch_size", 0)},
-        "profile_scratch": {"size": getattr(md, "profile_scratch_size", 0)},
+        "global_scratch": {"size": md.global_scratch_size, "align": md.global_scratch_align},
+        "profile_scratch": {"size": md.profile_scratch_size, "align": md.profile_scratch_align},
         "args": args,
+        "constexprs": constexprs,
+        "case": case.id,
+        "module": case.module,
+        "function": case.function,
+        "launcher": case.launcher,
     }
 
 
-def _triton_version() -> str:
+TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_Q", "TILE_SIZE")
+
+
+def tiles(launch: dict) -> str:
+    """The tile sizes a launch was compiled with, for labels: "BLOCK_M=64 BLOCK_N=64 ..."."""
+    c = launch["constexprs"]
+    keys = [k for k in TILE_KEYS if k in c]
+    if "PHYSICAL_BLOCK_SIZE" in c:  # prefix prefill: BLOCK_SIZE is the width of the context tiles
+        keys.append("BLOCK_SIZE")
+    return " ".join(f"{k}={c[k]}" for k in keys)
+
+
+def triton_record(check: str, kernel: str, label: str, arch: int, compiled: list[tuple]) -> tuple[dict, list]:
+    """(record, PTX per launch) for launches compiled in order: `compiled` holds
+    (case, kernel, bound, signature, launch) tuples, launched on one shared set of tensors."""
     import triton
 
-    return f"triton {triton.__version__}"
-
-
-def _attention_common(shape: dict, st: dict, tile: int) -> dict:
-    """Parameter values the 2D and 3D kernels share, as vLLM 0.14.0's `unified_attention` sets them
-    (no sinks, ALiBi, qq-bias, softcap, sliding window, multimodal prefix or fp8)."""
-    hq, hk, head = shape["num_q_heads"], shape["num_kv_heads"], shape["head_size"]
-    qpkv = hq // hk
-    block_m = 16 if qpkv <= 16 else 1 << (qpkv - 1).bit_length()
-    return {
-        "query_ptr": "q",
-        "key_cache_ptr": "k_cache",
-        "value_cache_ptr": "v_cache",
-        "sink_ptr": None,
-        "block_tables_ptr": "block_table",
-        "seq_lens_ptr": "seq_lens",
-        "alibi_slopes_ptr": None,
-        "qq_bias_ptr": None,
-        "scale": shape["scale"],
-        "k_scale": "k_scale",
-        "v_scale": "v_scale",
-        "softcap": 0.0,
-        "num_query_heads": hq,
-        "num_queries_per_kv": qpkv,
-        "block_table_stride": st["block_table"][0],
-        "query_stride_0": st["q"][0],
-        "query_stride_1": st["q"][1],
-        "qq_bias_stride_0": 0,
-        "BLOCK_SIZE": shape["block_size"],
-        "TILE_SIZE": tile,
-        "HEAD_SIZE": head,
-        "HEAD_SIZE_PADDED": 1 << (head - 1).bit_length(),
-        "USE_ALIBI_SLOPES": False,
-        "USE_QQ_BIAS": False,
-        "USE_SOFTCAP": False,
-        "USE_SINKS": False,
-        "SLIDING_WINDOW": 0,
-        "USE_MM_PREFIX": False,
-        "MAX_MM_RANGES": 0,
-        "mm_prefix_range_ptr": None,
-        **{f"stride_{c}_cache_{i}": st[f"{c}_cache"][i] for c in "kv" for i in range(4)},
-        "query_start_len_ptr": "cu_seqlens_q",
-        "BLOCK_Q": block_m // qpkv,
-        "num_seqs": len(shape["seqs"]),
-        "BLOCK_M": block_m,
+    tensors: dict[str, dict] = {}
+    launches = [triton_launch(k, b, s, ln, case, tensors) for case, k, b, s, ln in compiled]
+    shown = " / ".join(t for t in dict.fromkeys(tiles(ln) for ln in launches) if t)
+    record = {
+        "check": check,
+        "kernel": kernel,
+        "label": f"{label} ({shown})" if shown else label,
+        "arch": arch,
+        "shape": compiled[0][4].scenario,
+        "tensors": tensors,
+        "launches": launches,
+        "tolerance": TOLERANCES.get(check),
+        "compiled_with": f"triton {triton.__version__}",
     }
+    return record, [k.asm["ptx"] for _, k, _, _, _ in compiled]
 
 
-def attention_launches(shape: dict, path: str) -> list[tuple[str, dict, list[int]]]:
-    """(kernel name, parameter values, grid) per launch vLLM makes for this batch: the 2D kernel for
-    prefill/mixed batches; for decode-only batches below the 3D threshold the 3D kernel with 16 softmax
-    segments, then reduce_segments. Tile sizes: 32 for prefill, 16 for fp16 decode."""
-    layout = attention_layout(shape)
-    st = {name: contiguous_strides(dims) for name, (dims, _) in layout.items()}
-    tokens, hk, hq = layout["q"][0][0], shape["num_kv_heads"], shape["num_q_heads"]
-    if path == "2d":
-        values = _attention_common(shape, st, tile=32) | {
-            "output_ptr": "out",
-            "out_scale": 1.0,
-            "output_stride_0": st["out"][0],
-            "output_stride_1": st["out"][1],
-            "USE_FP8": False,
-        }
-        return [
-            ("kernel_unified_attention_2d", values, [tokens // values["BLOCK_Q"] + len(shape["seqs"]), hk, 1])
-        ]
-    segments = shape["segments"]
-    values3 = _attention_common(shape, st, tile=16) | {
-        "segm_output_ptr": "segm_output",
-        "segm_max_ptr": "segm_max",
-        "segm_expsum_ptr": "segm_expsum",
-        "NUM_SEGMENTS_PER_SEQ": segments,
-    }
-    reduce = {
-        "output_ptr": "out",
-        "segm_output_ptr": "segm_output",
-        "segm_max_ptr": "segm_max",
-        "segm_expsum_ptr": "segm_expsum",
-        "seq_lens_ptr": "seq_lens",
-        "num_seqs": len(shape["seqs"]),
-        "num_query_heads": hq,
-        "out_scale_inv": 1.0,
-        "output_stride_0": st["out"][0],
-        "output_stride_1": st["out"][1],
-        "block_table_stride": st["block_table"][0],
-        "TILE_SIZE": 16,
-        "HEAD_SIZE": shape["head_size"],
-        "HEAD_SIZE_PADDED": values3["HEAD_SIZE_PADDED"],
-        "query_start_len_ptr": "cu_seqlens_q",
-        "BLOCK_Q": values3["BLOCK_Q"],
-        "NUM_SEGMENTS_PER_SEQ": segments,
-        "USE_FP8": False,
-    }
-    grid3 = [tokens // values3["BLOCK_Q"] + len(shape["seqs"]), hk, segments]
-    return [("kernel_unified_attention_3d", values3, grid3), ("reduce_segments", reduce, [tokens, hq, 1])]
-
-
-def build_unified_attention(out: Path, vllm_src: Path, archs: tuple[int, ...] = (61, 70)) -> list[Built]:
-    """(b): vLLM's unified attention kernels from the source tree, per arch and shape."""
-    from stackforge.vllm_kernels import KernelLoader
-
-    built = []
-    for arch in archs:
-        loader = KernelLoader(vllm_src, arch)
-        with loader.active():
-            module = loader.load("vllm.v1.attention.ops.triton_unified_attention")
-        for i, (label, path, seqs, hq, hk, head, block) in enumerate(ATTENTION_SHAPES):
-            shape = {
-                "seqs": seqs,
-                "num_q_heads": hq,
-                "num_kv_heads": hk,
-                "head_size": head,
-                "block_size": block,
-                "seed": 11 + i,
-                "scale": 1.0 / math.sqrt(head),
-            }
-            if path == "3d":
-                shape["segments"] = 16  # NUM_PAR_SOFTMAX_SEGMENTS in vLLM's TRITON_ATTN backend
-            layout = attention_layout(shape)
-            name = f"unified_attention_{path}-{i}-sm{arch}"
-            launches, ptxs, kernels = [], [], []
-            try:
-                for kernel_name, values, grid in attention_launches(shape, path):
-                    fn = getattr(module, kernel_name)
-                    tensors = {
-                        k: layout[v][1] for k, v in values.items() if isinstance(v, str) and v in layout
-                    }
-                    kernel = triton_compile(fn, arch, values, tensors)
-                    launches.append(_triton_launch(kernel, fn, values, tensors, grid))
-                    ptxs.append(kernel.asm["ptx"])
-                    kernels.append(kernel_name)
-            except Exception as exc:  # ptxas or out-of-resources: report it
-                built.append(Built(name, arch, False, f"{type(exc).__name__}: {_first_error(exc)}"))
-                continue
-            v = attention_launches(shape, path)[0][1]
-            record = {
-                "check": "unified_attention",
-                "kernel": " + ".join(kernels),
-                "label": f"{label} (BLOCK_M={v['BLOCK_M']}, TILE={v['TILE_SIZE']})",
-                "arch": arch,
-                "shape": shape,
-                "launches": launches,
-                "tolerance": {"max_abs": 1e-2, "l2_rel": 5e-3},
-                "compiled_with": _triton_version(),
-            }
-            _write(out, name, record, ptxs)
-            built.append(
-                Built(name, arch, True, "shared " + ", ".join(f"{ln['shared']} B" for ln in launches))
-            )
-    return built
-
-
-def _first_error(exc: Exception) -> str:
+def first_error(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     specific = [ln for ln in lines if "error   :" in ln or "OutOfResources" in ln or "Required:" in ln]
-    return (specific or lines or ["(no message)"])[0][:300]
+    return (specific or lines or [type(exc).__name__])[0][:300]
 
 
-def _atomic_kernel() -> Any:
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def scatter_add_f32(out_ptr, idx_ptr, val_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        slot = tl.load(idx_ptr + offs, mask=mask, other=0)
-        val = tl.load(val_ptr + offs, mask=mask, other=0.0)
-        tl.atomic_add(out_ptr + slot, val, mask=mask)  # default sem: acq_rel, scope: gpu
-
-    return scatter_add_f32
+# --- the suite's Triton records ----------------------------------------------------------------------
 
 
-def build_triton_atomic(out: Path, archs: tuple[int, ...] = (61, 70)) -> list[Built]:
-    """(c): tl.atomic_add fp32 for sm_61 and sm_70 with the installed Triton."""
-    fn = _atomic_kernel()
-    n, slots, block = 1 << 20, 64, 256
-    values = {"out_ptr": "out", "idx_ptr": "idx", "val_ptr": "vals", "n": n, "BLOCK": block}
-    tensors = {"out_ptr": "float32", "idx_ptr": "int32", "val_ptr": "float32"}
+@dataclass(frozen=True)
+class Item:
+    """One record of the suite: `cases` launched in order on shared tensors, checked by `check`."""
+
+    name: str
+    check: str
+    kernel: str
+    label: str
+    cases: tuple[Case, ...]
+
+
+def _attn_label(kind: str, a: Attn) -> str:
+    q, s = a.lens or ((), ())
+    batch = f"seqs={_join(s)}" if kind == "encoder" else f"q={_join(q)} kv={_join(s)}"
+    return f"{kind} {batch} heads {a.num_q_heads}/{a.num_kv_heads} d={a.head_size} blk{a.block_size}".strip()
+
+
+def _join(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+# (kind, Attn with the batch as (query_lens, seq_lens)); seq_len counts the cached context and the
+# new tokens. Heads, head sizes and KV block sizes vary; contexts span several tiles and KV blocks.
+UNIFIED_2D = (
+    ("prefill", Attn(128, 8, 2, 16, lens=((64, 100), (64, 100)))),
+    ("mixed", Attn(64, 32, 8, 16, lens=((1, 1, 40), (300, 77, 200)))),
+    ("chunked prefill", Attn(80, 12, 4, 32, lens=((50,), (130,)))),
+    ("decode rows", Attn(256, 16, 16, 16, lens=((1, 1, 1, 1), (17, 64, 200, 513)))),
+)
+UNIFIED_3D = (  # decode-only batches below vLLM's 3D threshold (128 // kv heads sequences)
+    ("decode", Attn(128, 32, 8, 16, lens=((1, 1, 1), (33, 300, 1000)))),
+    ("decode", Attn(64, 14, 2, 32, lens=((1, 1), (5, 700)))),
+)
+PREFIX_PREFILL = (  # the tiles patches/vllm 0020 sizes from the shared-memory limit
+    ("prefill", Attn(64, 32, 8, 16, lens=((64, 1, 30), (64, 200, 130)))),
+    ("prefill", Attn(128, 32, 8, 16, lens=((100, 37), (400, 37)))),
+    ("prefill", Attn(256, 8, 2, 32, lens=((50, 16), (333, 16)))),
+)
+ENCODER = (  # patches/vllm 0021: BLOCK from the shared-memory limit
+    ("encoder", Attn(64, 16, 16, 16, lens=((), (150, 33)))),
+    ("encoder", Attn(80, 32, 8, 16, lens=((), (100, 7, 64)))),
+    ("encoder", Attn(256, 8, 2, 16, lens=((), (90, 17)))),
+)
+
+
+def suite_items() -> list[Item]:
+    """Every Triton record of the suite except the archs: atomics kernels, then vLLM attention."""
+    from stackforge import kernel_cases as kc
+    from stackforge.numerics_kernels import atomic_cases
+
+    items = [
+        Item(f"{case.id.replace('/', '-')}", check, case.kernel, case.shape, (case,))
+        for check, case in atomic_cases()
+    ]
+    templates = {c.kernel: c for c in kc.attention_cases((64,))}
+
+    def vcase(kernel: str, build: Any, a: Attn, tag: str) -> Case:
+        return dataclasses.replace(
+            templates[kernel], id=f"{kernel}/{tag}", shape=_attn_label("", a), build=build(a)
+        )
+
+    for i, (kind, a) in enumerate(UNIFIED_2D):
+        case = vcase("unified_attention_2d", kc.unified_2d, a, f"n{i}")
+        items.append(Item(f"unified_attention_2d-{i}", "unified_attention_2d", "kernel_unified_attention_2d",
+                          _attn_label(kind, a), (case,)))  # fmt: skip
+    for i, (kind, a) in enumerate(UNIFIED_3D):
+        pair = (vcase("unified_attention_3d", kc.unified_3d, a, f"n{i}"),
+                vcase("reduce_segments", kc.reduce_segments, a, f"n{i}"))  # fmt: skip
+        items.append(Item(f"unified_attention_3d-{i}", "unified_attention_3d+reduce_segments",
+                          "kernel_unified_attention_3d + reduce_segments", _attn_label(kind, a), pair))  # fmt: skip
+    for kind, a in PREFIX_PREFILL:
+        case = vcase("prefix_prefill", kc.prefix_prefill, a, f"h{a.head_size}")
+        items.append(Item(f"prefix_prefill-h{a.head_size}", "prefix_prefill", "prefix_prefill _fwd_kernel",
+                          _attn_label(kind, a), (case,)))  # fmt: skip
+    for kind, a in ENCODER:
+        case = vcase("encoder_prefill_attention", kc.encoder_prefill, a, f"h{a.head_size}")
+        items.append(Item(f"encoder_prefill_attention-h{a.head_size}", "encoder_prefill_attention",
+                          "triton_prefill_attention _fwd_kernel", _attn_label(kind, a), (case,)))  # fmt: skip
+    return items
+
+
+def _modules(items: list[Item], vllm: Path | None, arch: int) -> dict[str, Any]:
+    """The module of every case (vLLM files through the loader, for this arch); a module that does
+    not load maps to its exception."""
+    from stackforge.vllm_kernels import KernelLoader
+
+    names = {c.module for item in items for c in item.cases}
+    modules: dict[str, Any] = {}
+    vllm_names = sorted(n for n in names if n.startswith("vllm."))
+    for name in sorted(names - set(vllm_names)):
+        modules[name] = importlib.import_module(name)
+    if vllm_names:
+        if vllm is None:
+            raise ValueError("vLLM kernels need a vLLM tree")
+        loader = KernelLoader(vllm, arch)
+        with loader.active():  # import every module first: compiles run with the stand-ins gone
+            for name in vllm_names:
+                try:
+                    modules[name] = loader.load(name)
+                except Exception as exc:
+                    modules[name] = exc
+    return modules
+
+
+def build_triton(
+    out: Path, vllm: Path | None, archs: tuple[int, ...] = ARCHS, items: list[Item] | None = None
+) -> list[Built]:
+    """Compile every item for every arch with the Triton this process imports."""
+    items = suite_items() if items is None else items
+    guard_shared_memory()
     built = []
     for arch in archs:
-        name = f"triton_atomic_add-sm{arch}"
-        try:
-            kernel = triton_compile(fn, arch, values, tensors)
-        except Exception as exc:
-            built.append(Built(name, arch, False, f"{type(exc).__name__}: {_first_error(exc)}"))
-            continue
-        record = {
-            "check": "triton_atomic_add",
-            "kernel": "tl.atomic_add fp32 (sem=acq_rel)",
-            "label": f"{n} adds of j/64 into {slots} slots",
-            "arch": arch,
-            "shape": {"n": n, "slots": slots, "seed": 3},
-            "launches": [_triton_launch(kernel, fn, values, tensors, [n // block, 1, 1])],
-            "tolerance": {"max_abs": 0.0, "l2_rel": 0.0},
-            "compiled_with": _triton_version(),
-        }
-        _write(out, name, record, [kernel.asm["ptx"]])
-        built.append(Built(name, arch, True, "compiled"))
+        modules = _modules(items, vllm, arch)
+        for item in items:
+            name = f"{item.name}-sm{arch}"
+            try:
+                compiled = []
+                for case in item.cases:
+                    module = modules[case.module]
+                    if isinstance(module, Exception):
+                        raise module
+                    launch = case.build(module, arch, smem_limit(arch))
+                    kernel, bound, signature = compile_launch(getattr(module, case.function), launch, arch)
+                    if kernel.metadata.shared > smem_limit(arch):
+                        raise SharedMemoryOver(kernel.metadata.shared, smem_limit(arch))
+                    compiled.append((case, kernel, bound, signature, launch))
+            except Exception as exc:  # ptxas, shared memory, a kernel file that does not load: report it
+                built.append(Built(name, arch, False, f"{type(exc).__name__}: {first_error(exc)}"))
+                continue
+            record, ptxs = triton_record(item.check, item.kernel, item.label, arch, compiled)
+            write_record(out, name, record, ptxs)
+            shared = ", ".join(f"{ln['shared']} B" for ln in record["launches"])
+            built.append(Built(name, arch, True, f"shared {shared}; {record['label']}"))
     return built
+
+
+def build_all(
+    out: Path, vllm: Path, archs: tuple[int, ...] = ARCHS, only: tuple[str, ...] | None = None
+) -> list[Built]:
+    """The whole suite, or the records whose name starts with one of `only`."""
+    items = [i for i in suite_items() if only is None or i.name.startswith(only)]
+    built = build_half_atomic(out, vllm, archs) if only is None or "half_atomic_add".startswith(only) else []
+    return built + build_triton(out, vllm, archs, items)
+
+
+# --- running the build with the patched Triton ------------------------------------------------------
+
+
+def overlay_env(triton_path: Path | None, cache: Path) -> dict[str, str]:
+    """The environment of a process that must import the patched Triton: the overlay first on
+    PYTHONPATH, Triton's cache where the caller keeps its state."""
+    env = dict(os.environ)
+    env["TRITON_CACHE_DIR"] = str(cache)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(triton_path)] * (triton_path is not None) + [p for p in [env.get("PYTHONPATH")] if p]
+    )
+    return env
+
+
+def build_in_subprocess(
+    out: Path,
+    vllm: Path,
+    archs: tuple[int, ...],
+    triton_path: Path | None,
+    state: Path,
+    only: tuple[str, ...] | None = None,
+) -> tuple[list[Built], str]:
+    """Run the suite's build in a fresh process that imports the patched Triton (the overlay at
+    `triton_path`); (what was built, the process's log)."""
+    cmd = [sys.executable, "-m", "stackforge.numerics_build", str(out), "--vllm", str(vllm)]
+    cmd += ["--archs", ",".join(map(str, archs)), "--worker"]
+    cmd += ["--only", ",".join(only)] if only else []
+    done = subprocess.run(
+        cmd, env=overlay_env(triton_path, state / "triton-cache"), capture_output=True, text=True
+    )
+    built = [
+        Built(**json.loads(ln[len("@built ") :]))
+        for ln in done.stdout.splitlines()
+        if ln.startswith("@built ")
+    ]
+    if done.returncode != 0 and not built:
+        built = [Built("numerics_build", 0, False, (done.stderr.strip().splitlines() or ["died"])[-1][:300])]
+    return built, done.stdout + done.stderr
 
 
 def vllm_tree(which: str, scratch: Path) -> Path:
@@ -493,10 +544,6 @@ def vllm_tree(which: str, scratch: Path) -> Path:
     return Path(which)
 
 
-def build_all(out: Path, vllm: Path) -> list[Built]:
-    return build_half_atomic(out, vllm) + build_triton_atomic(out) + build_unified_attention(out, vllm)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stackforge.numerics_build", description=__doc__.splitlines()[0]
@@ -505,15 +552,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vllm",
         default="patched",
-        help="vLLM tree for the attention kernels: PATH, upstream or patched (default)",
+        help="vLLM tree for the vLLM kernels: PATH, upstream or patched (default)",
     )
+    parser.add_argument("--archs", default=",".join(map(str, ARCHS)), help="PTX targets (default 60,61,70)")
+    parser.add_argument(
+        "--triton-patches",
+        help="folder of Triton patches to overlay (default the workspace's patches/triton; 'none')",
+    )
+    parser.add_argument("--only", help="only records whose name starts with one of these (comma-separated)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    archs = tuple(int(a) for a in args.archs.split(","))
+    only = tuple(args.only.split(",")) if args.only else None
+    if args.worker:  # the patched Triton is on sys.path already
+        built = build_all(args.out, Path(args.vllm), archs, only)
+        for b in built:
+            print("@built " + json.dumps(dataclasses.asdict(b)), flush=True)
+        return 0
+    from stackforge import triton_overlay
+    from stackforge.workspace import find_workspace
+
+    ws = find_workspace()
+    state = ws.state / "kernel-audit"  # the overlay and Triton cache the kernel audit uses too
+    if args.triton_patches == "none":
+        patches: list[Path] = []
+    else:
+        patches = sorted(Path(args.triton_patches or ws.patch_dir("triton")).glob("*.patch"))
+    setup = triton_overlay.prepare(state, patches)
     with tempfile.TemporaryDirectory(prefix="stackforge-numerics-") as scratch:
-        built = build_all(args.out, vllm_tree(args.vllm, Path(scratch)))
+        vllm = vllm_tree(args.vllm, Path(scratch)).resolve()
+        built, _ = build_in_subprocess(args.out.resolve(), vllm, archs, setup.path, state, only)
     for b in built:
         print(f"{'ok  ' if b.ok else 'FAIL'} sm_{b.arch} {b.case}: {b.detail}")
-    print(f"{sum(b.ok for b in built)} of {len(built)} cases compiled into {args.out}")
-    return 0
+    print(
+        f"{sum(b.ok for b in built)} of {len(built)} records compiled into {args.out} "
+        f"(triton {setup.version}, {setup.how}{', ' + ', '.join(setup.patches) if setup.patches else ''})"
+    )
+    return 0 if built and all(b.ok for b in built) else 1
 
 
 if __name__ == "__main__":
