@@ -348,17 +348,23 @@ def encoder_prefill(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     return build
 
 
+def _prefix_prefill_tensors(a: Attn) -> tuple:
+    """The batch and tensors both prefix-prefill kernels take: paged KV cache, new q/k/v, output."""
+    b = a.batch(*a.pick(PREFILL))
+    k_cache, v_cache, x = _paged_cache(a, b)
+    q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")
+    k = Tensor(a.dtype, (b["num_tokens"], a.num_kv_heads, a.head_size), role="key")
+    v = Tensor(a.dtype, k.shape, role="value")
+    o = Tensor(a.dtype, q.shape, role="output")
+    b_loc = Tensor("int32", (b["num_seqs"], b["max_blocks_per_seq"]), role="block_table")
+    return b, k_cache, v_cache, x, q, k, v, o, b_loc
+
+
 def prefix_prefill(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     """prefix_prefill.context_attention_fwd (_fwd_kernel): ROCM_ATTN's prefill with cached prefix."""
 
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*a.pick(PREFILL))
-        k_cache, v_cache, x = _paged_cache(a, b)
-        q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")
-        k = Tensor(a.dtype, (b["num_tokens"], a.num_kv_heads, a.head_size), role="key")
-        v = Tensor(a.dtype, k.shape, role="value")
-        o = Tensor(a.dtype, q.shape, role="output")
-        b_loc = Tensor("int32", (b["num_seqs"], b["max_blocks_per_seq"]), role="block_table")
+        b, k_cache, v_cache, x, q, k, v, o, b_loc = _prefix_prefill_tensors(a)
         if hasattr(mod, "fwd_kernel_block_sizes"):  # our series: fit the device below sm_80
             block_m, block_n, tile = mod.fwd_kernel_block_sizes(a.padded, True, smem, arch < 80)
         else:  # v0.14.0: 128/64 for power-of-two KV blocks, context tiles of 32
@@ -392,13 +398,7 @@ def prefix_prefill_alibi(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     """prefix_prefill.context_attention_fwd with ALiBi slopes (_fwd_kernel_alibi): ROCM_ATTN, ALiBi models."""
 
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        b = a.batch(*a.pick(PREFILL))
-        k_cache, v_cache, x = _paged_cache(a, b)
-        q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")
-        k = Tensor(a.dtype, (b["num_tokens"], a.num_kv_heads, a.head_size), role="key")
-        v = Tensor(a.dtype, k.shape, role="value")
-        o = Tensor(a.dtype, q.shape, role="output")
-        b_loc = Tensor("int32", (b["num_seqs"], b["max_blocks_per_seq"]), role="block_table")
+        b, k_cache, v_cache, x, q, k, v, o, b_loc = _prefix_prefill_tensors(a)
         block = mod.BASE_BLOCK
         if arch < 80 and hasattr(mod, "fit_tiles"):  # our series: fit the device
             block = min(mod.fit_tiles(block, block, a.padded, smem))
