@@ -317,7 +317,7 @@ class _LogSink:
 
     def __init__(self, log: Path, progress, task) -> None:
         self.fh = log.open("w", encoding="utf-8")
-        self.tail: deque[str] = deque(maxlen=25)
+        self.tail: deque[str] = deque(maxlen=40)
         self.progress, self.task = progress, task
 
     def write(self, text: str) -> None:
@@ -331,6 +331,17 @@ class _LogSink:
                 self.tail.append(line)
                 if self.progress is not None:
                     self.progress.update(self.task, status=line.strip()[:70])
+
+    def script_tail(self, n: int) -> list[str]:
+        """The last `n` lines the build script printed: rattler-build's own advice after a failure
+        ("Script failed ... To run the script manually ...") is left out, since our hint says it,
+        and the script's stderr may have overtaken its stdout by a few lines."""
+        lines = list(self.tail)
+        for i, line in enumerate(lines):
+            if line.startswith("Script failed"):
+                lines = lines[: i + 1]
+                break
+        return lines[-n:]
 
     def on_build_step(self, event) -> None:
         self.write(f"== {event.step_name}: {event.message}")
@@ -416,7 +427,7 @@ def build_package(
                 )
             except Exception as exc:
                 work = staging / "bld" / f"rattler-build_{item.name}" / "work"
-                tail = "\n".join(f"    {line}" for line in list(sink.tail)[-12:])
+                tail = "\n".join(f"    {line}" for line in sink.script_tail(15))
                 raise Failure(
                     f"{item.name}: build failed ({exc}); output/ was left unchanged\n  last log lines:\n{tail}",
                     hint=f"read the full log: {log}; re-run the build script by hand: cd {work} && ./conda_build.sh",
