@@ -34,4 +34,4 @@ if [[ -n "${STACKFORGE_RUNTIME_EXEC:-}" ]]; then
 else
   launcher=("$pixi" run --manifest-path "$root/runtime" --environment "$env_name")
 fi
-exec "${launcher[@]}" python -m stackforge.runtime generate --env "$env_name" "$@"
+exec "${launcher[@]}" python -m stackforge generate --env "$env_name" "$@"

@@ -25,12 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from stackforge import build as builder
-from stackforge import ministack
-from stackforge.envs import load_env
-from stackforge.manifest import load_manifest
-from stackforge.sources import sync
-from stackforge.workspace import Workspace
+from stackforge.build import builder
+from stackforge.build import plan as plan_
+from stackforge.core.workspace import Workspace
+from stackforge.demo import ministack
+from stackforge.sources.checkouts import sync
+from stackforge.spec.envs import load_env
+from stackforge.spec.manifest import load_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,12 +56,12 @@ def bench_miniature(tmp: Path, runs: int) -> None:
     full = []
     for _ in range(runs):
         shutil.rmtree(ws.output, ignore_errors=True)
-        seconds, outcomes = timed(lambda: builder.run_plan(ws, builder.make_plan(ws, env)))
+        seconds, outcomes = timed(lambda: builder.run_plan(ws, plan_.make_plan(ws, env)))
         assert all(o.status == "built" for o in outcomes)
         full.append(seconds)
     noop = []
     for _ in range(runs):
-        seconds, outcomes = timed(lambda: builder.run_plan(ws, builder.make_plan(ws, env)))
+        seconds, outcomes = timed(lambda: builder.run_plan(ws, plan_.make_plan(ws, env)))
         assert all(o.status == "cached" for o in outcomes)
         noop.append(seconds)
     f, n = statistics.median(full), statistics.median(noop)
@@ -108,14 +109,14 @@ def bench_real_plan(tmp: Path, runs: int) -> None:
         env = load_env(ws, env_name)
         times = []
         for _ in range(runs):
-            seconds, plan = timed(builder.make_plan, ws, env)
+            seconds, plan = timed(plan_.make_plan, ws, env)
             times.append(seconds)
         names = ", ".join(f"{i.name} ({i.status})" for i in plan.items)
         print(
             f"plan of the real stack for {env_name}: median {statistics.median(times):.3f} s of {runs}  [{names}]"
         )
     real = Workspace(REPO_ROOT)
-    seconds, plan = timed(builder.make_plan, real, load_env(real, "pascal"))
+    seconds, plan = timed(plan_.make_plan, real, load_env(real, "pascal"))
     blocked = sum(i.status == "blocked" for i in plan.items)
     print(
         f"plan in this workspace as it is: {seconds:.3f} s ({blocked} of {len(plan.items)} blocked on missing checkouts)"

@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from gitfixtures import Upstream, make_patch, write_manifest
 
-from stackforge import upstream
 from stackforge.cli import main
-from stackforge.console import Failure
+from stackforge.core.console import Failure
+from stackforge.verify.upstream import pypi as upstream
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from stackforge.patches import FORMAT_PATCH
+from stackforge.sources.patches import FORMAT_PATCH
 
 AUTHOR = {
     "GIT_AUTHOR_NAME": "Fixture Author",

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from stackforge import build as builder
-from stackforge import ministack
+from stackforge.build import builder
+from stackforge.build import plan as plan_
 from stackforge.cli import main
-from stackforge.envs import load_env
-from stackforge.manifest import load_manifest
-from stackforge.sources import sync
-from stackforge.workspace import Workspace
+from stackforge.core.workspace import Workspace
+from stackforge.demo import ministack
+from stackforge.sources.checkouts import sync
+from stackforge.spec.envs import load_env
+from stackforge.spec.manifest import load_manifest
 
 
 @dataclass
@@ -44,8 +45,8 @@ class MiniWs:
     def sync(self) -> list:
         return sync(self.ws, load_manifest(self.ws.manifest), mirror=str(self.mirror), quiet=True)
 
-    def plan(self, env: str = "pascal") -> builder.Plan:
-        return builder.make_plan(self.ws, load_env(self.ws, env))
+    def plan(self, env: str = "pascal") -> plan_.Plan:
+        return plan_.make_plan(self.ws, load_env(self.ws, env))
 
     def build(self, env: str = "pascal") -> list[builder.Outcome]:
         return builder.run_plan(self.ws, self.plan(env))

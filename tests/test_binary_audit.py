@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from stackforge.binary_audit import package_build_string
 from stackforge.cli import main
-from stackforge.cudabin import Embedded, Sass, find_cuobjdump, list_embedded, triton_bin_dir
-from stackforge.envs import build_string_archs
+from stackforge.cuda.fatbin import Embedded, Sass, find_cuobjdump, list_embedded, triton_bin_dir
+from stackforge.spec.envs import build_string_archs
+from stackforge.verify.binaries import package_build_string
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

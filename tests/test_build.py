@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from minihelpers import MiniWs, build_root, built, built_template, mini, session_build_root  # noqa: F401
 
-from stackforge import buildenv, channel
-from stackforge.build import expected_build_string
-from stackforge.console import Failure, UsageError
-from stackforge.envs import load_env
+from stackforge.build import channel
+from stackforge.build import machine as buildenv
+from stackforge.build.plan import expected_build_string
+from stackforge.core.console import Failure, UsageError
+from stackforge.spec.envs import load_env
 
 
 def test_plan_orders_by_requirements_and_says_why(mini: MiniWs, capsys: pytest.CaptureFixture[str]) -> None:
@@ -187,7 +188,7 @@ def test_build_string_must_follow_the_scheme(mini: MiniWs) -> None:
     recipe.write_text(recipe.read_text().replace("_h${{ stackforge_input_hash }}", "_x"))
     item = mini.plan().item("mini-torch")
     with pytest.raises(UsageError, match="renders build string"):
-        from stackforge.build import _render_for_build
+        from stackforge.build.builder import _render_for_build
 
         _render_for_build(mini.ws, mini.plan(), item)
     env = load_env(mini.ws, "volta")
@@ -221,7 +222,7 @@ def test_stale_checkout_blocks_the_plan(mini: MiniWs) -> None:
         "sources/minivllm patches-changed; run `stackforge clone minivllm`" in plan.item("mini-vllm").reason
     )
     with pytest.raises(Failure, match="cannot build"):
-        from stackforge.build import run_plan
+        from stackforge.build.builder import run_plan
 
         run_plan(mini.ws, plan)
 

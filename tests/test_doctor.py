@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from stackforge.cli import main
-from stackforge.doctor import Report, arch_list_covers, check_packages, expected_pins, parse_smi_csv
-from stackforge.workspace import Workspace
+from stackforge.core.workspace import Workspace
+from stackforge.run.doctor import Report, arch_list_covers, check_packages, expected_pins, parse_smi_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPLAY = Path(__file__).parent / "data" / "nvidia-smi" / "replay"

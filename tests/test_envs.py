@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import REPO_ROOT
 
-from stackforge.console import UsageError
-from stackforge.envs import env_for_capability, list_envs, load_env, parse_arch_list
-from stackforge.workspace import Workspace
+from stackforge.core.console import UsageError
+from stackforge.core.workspace import Workspace
+from stackforge.spec.envs import env_for_capability, list_envs, load_env, parse_arch_list
 
 WS = Workspace(REPO_ROOT)
 

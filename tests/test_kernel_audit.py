@@ -21,12 +21,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from stackforge import numerics, triton_overlay
-from stackforge.console import Failure
-from stackforge.gitcmd import HERMETIC
-from stackforge.kernel_audit import audit, smem_limit
-from stackforge.numerics import RECORD_SCHEMA
-from stackforge.vllm_kernels import KernelLoader
+from stackforge.core.console import Failure
+from stackforge.core.git import HERMETIC
+from stackforge.verify.kernels import overlay as triton_overlay
+from stackforge.verify.kernels.audit import audit, smem_limit
+from stackforge.verify.kernels.loader import KernelLoader
+from stackforge.verify.numerics import gpu as numerics
+from stackforge.verify.numerics.gpu import RECORD_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON_SERIES = sorted((REPO / "patches" / "triton").glob("*.patch"))
@@ -285,7 +286,9 @@ def test_run_without_a_gpu_fails_after_the_report(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "audited 1 kernels at 1 shapes for 2 arch(s)" in done.stdout  # the report came first
     assert "error: no GPU: " in done.stderr and "so --run cannot run the records" in done.stderr
-    assert "add --save-ptx DIR" in done.stderr and "python -m stackforge.numerics DIR" in done.stderr
+    assert (
+        "add --save-ptx DIR" in done.stderr and "python -m stackforge.verify.numerics.gpu DIR" in done.stderr
+    )
     done = subprocess.run([*argv, "--json"], capture_output=True, text=True)
     assert done.returncode == 1
     data = json.loads(done.stdout)
@@ -312,7 +315,7 @@ SUBSET = [
 @pytest.fixture(scope="session")
 def vllm_trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(unpatched sdist tree, the same tree with patches/vllm applied by `git am`)."""
-    from stackforge import upstream
+    from stackforge.verify.upstream import pypi as upstream
 
     plain = upstream.vllm_sdist()
     patched = upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm") / "src")
@@ -381,7 +384,7 @@ def test_series_compiles_for_pascal_and_volta(
     saved = sorted((tmp_path / "ptx").glob("sm_*/*.json"))
     assert len(saved) == len(report.results)
     for path in saved:
-        record = json.loads(path.read_text())  # the one record format: stackforge.numerics runs it
+        record = json.loads(path.read_text())  # the one record format: stackforge.verify.numerics.gpu runs it
         jsonschema.validate(record, RECORD_SCHEMA)
         (launch,) = record["launches"]
         ptx = (path.parent / launch["ptx"]).read_text()

@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO_ROOT
 
 from stackforge.cli import main
-from stackforge.console import UsageError
-from stackforge.manifest import load_manifest
+from stackforge.core.console import UsageError
+from stackforge.spec.manifest import load_manifest
 
 SHA = "b17039bccc17b94a2ea107272ad7bc93508708df"
 

@@ -12,9 +12,11 @@ import jsonschema
 import pytest
 from conftest import online
 
-from stackforge import numerics, numerics_build, triton_overlay
-from stackforge.numerics import RECORD_SCHEMA, load_records, ptx_param_types, unchecked
-from stackforge.numerics_build import FALLBACK_HEADER, HALF_ATOMIC_SOURCE, nvrtc_compile
+from stackforge.verify.kernels import overlay as triton_overlay
+from stackforge.verify.numerics import gpu as numerics
+from stackforge.verify.numerics import suite as numerics_build
+from stackforge.verify.numerics.gpu import RECORD_SCHEMA, load_records, ptx_param_types, unchecked
+from stackforge.verify.numerics.suite import FALLBACK_HEADER, HALF_ATOMIC_SOURCE, nvrtc_compile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_PATCH = next((REPO_ROOT / "patches" / "vllm").glob("*atomicAdd*.patch"), None)
@@ -167,7 +169,7 @@ def test_records_without_a_reference_are_listed_not_run(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def patched_vllm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stackforge import upstream
+    from stackforge.verify.upstream import pypi as upstream
 
     return online(lambda: upstream.patched_repo("vllm", tmp_path_factory.mktemp("vllm") / "src", VLLM_SERIES))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import online
 
-from stackforge import upstream
+from stackforge.verify.upstream import pypi as upstream
 
 pytestmark = pytest.mark.upstream
 

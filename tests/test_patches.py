@@ -6,10 +6,10 @@ import json
 
 from gitfixtures import git, make_patch
 
-from stackforge.manifest import load_manifest
-from stackforge.patches import check_series
-from stackforge.sources import series_files, sync
-from stackforge.workspace import Workspace
+from stackforge.core.workspace import Workspace
+from stackforge.sources.checkouts import series_files, sync
+from stackforge.sources.patches import check_series
+from stackforge.spec.manifest import load_manifest
 
 
 def _clone(stack):

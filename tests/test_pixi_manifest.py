@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SCHEMAS
 
-from stackforge.envs import load_env
-from stackforge.workspace import Workspace
+from stackforge.core.workspace import Workspace
+from stackforge.spec.envs import load_env
 
 PIXI = tomllib.loads((REPO_ROOT / "pixi.toml").read_text())
 

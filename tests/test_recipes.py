@@ -13,10 +13,10 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, SCHEMAS
 
-from stackforge import ministack, recipes
-from stackforge.build import consumed_sources
-from stackforge.manifest import load_manifest
-from stackforge.workspace import Workspace
+from stackforge.build.builder import consumed_sources, recipes
+from stackforge.core.workspace import Workspace
+from stackforge.demo import ministack
+from stackforge.spec.manifest import load_manifest
 
 WS = Workspace(REPO_ROOT)
 REAL = sorted(p.name for p in recipes.recipe_folders(WS))

@@ -19,9 +19,9 @@ import pytest
 from conftest import REPO_ROOT
 from test_runtime import PINS, fake_smi, make_workspace
 
-from stackforge import runtime
-from stackforge.envs import load_env
-from stackforge.workspace import Workspace
+from stackforge.core.workspace import Workspace
+from stackforge.run import runtime
+from stackforge.spec.envs import load_env
 
 SECRET = "hf_StackforgeTestToken0123456789abcdef"
 SECRET_LEGACY = "hf_LegacyVariableToken9876543210fedcba"

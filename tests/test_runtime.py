@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SCHEMAS
 
-from stackforge import runtime
-from stackforge.console import Failure, UsageError
-from stackforge.envs import list_envs, load_env
-from stackforge.workspace import Workspace
+from stackforge.core.console import Failure, UsageError
+from stackforge.core.workspace import Workspace
+from stackforge.run import runtime
+from stackforge.spec.envs import list_envs, load_env
 
 WS = Workspace(REPO_ROOT)
 RUNTIME_TOML = tomllib.loads((REPO_ROOT / "runtime" / "pixi.toml").read_text())
@@ -460,7 +460,7 @@ def test_vllm_0_14_0_accepts_our_settings():
     """Every keyword, flag value and variable we hand vLLM exists in vLLM 0.14.0's source, and the
     API run_simple's generate uses (and tests/test_run_simple.py stands in for) is vLLM's."""
     upstream = pytest.importorskip(
-        "stackforge.upstream", reason="stackforge.upstream (PyPI downloads) absent"
+        "stackforge.verify.upstream.pypi", reason="stackforge.verify.upstream.pypi (PyPI downloads) absent"
     )
     try:
         tree_root = upstream.vllm_sdist("0.14.0")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from gitfixtures import git, make_patch
 
-from stackforge.manifest import load_manifest
-from stackforge.sources import read_state, sync
-from stackforge.workspace import Workspace
+from stackforge.core.workspace import Workspace
+from stackforge.sources.checkouts import read_state, sync
+from stackforge.spec.manifest import load_manifest
 
 
 def _sync(stack, **kw):

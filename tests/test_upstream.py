@@ -1,4 +1,4 @@
-"""stackforge.upstream without the network: a real HTTP server on 127.0.0.1 serves a PEP 691
+"""stackforge.verify.upstream.pypi without the network: a real HTTP server on 127.0.0.1 serves a PEP 691
 index, an sdist and wheels built here; the zip reader, the caches, the path map and the git
 repositories are checked against Python's own zipfile and real git."""
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from stackforge import upstream
-from stackforge.console import Failure
+from stackforge.core.console import Failure
+from stackforge.verify.upstream import pypi as upstream
 
 
 class RangeHandler(SimpleHTTPRequestHandler):

@@ -2,7 +2,7 @@
 stackforge cache, ~20 MB for the vLLM sdist plus a few hundred kB of wheel members).
 
 Every patch in patches/{pytorch,vllm,triton} is applied with `git am --3way`, in order, to the
-pinned release rebuilt by stackforge.upstream; then the effect of each part-A patch is checked
+pinned release rebuilt by stackforge.verify.upstream.pypi; then the effect of each part-A patch is checked
 on the patched files themselves: CMake's arch selection is run by cmake, the Python gates are
 taken out of the patched modules (ast) and called.
 """
@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 import pytest
 from conftest import online
 
-from stackforge import upstream
-from stackforge.envs import list_envs, load_env
-from stackforge.patches import check_series
-from stackforge.workspace import Workspace
+from stackforge.core.workspace import Workspace
+from stackforge.sources.patches import check_series
+from stackforge.spec.envs import list_envs, load_env
+from stackforge.verify.upstream import pypi as upstream
 
 pytestmark = pytest.mark.upstream
 

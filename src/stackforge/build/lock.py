@@ -1,0 +1,136 @@
+"""`stackforge lock`: stackforge.lock pins every input and output, in the spirit of flake.lock.
+
+For each source: its URL, pinned commit, the sha256 of each patch of its series and the git tree
+of the checkout after patching (a content hash of exactly what the build reads). For each GPU
+environment and package built for the current inputs: the file name, its cache key and sha256.
+JSON, keys sorted, no timestamps: the same state always writes the same bytes, and a diff of the
+lock in review shows exactly what moved. `stackforge lock --check` recomputes all of it and fails,
+naming each difference, when inputs or outputs no longer match the lock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stackforge.build import plan as plan_
+from stackforge.build.repack import sha256_file
+from stackforge.core.console import Failure
+from stackforge.core.workspace import Workspace
+from stackforge.sources.checkouts import series_digest, series_files
+from stackforge.sources.state import source_state
+from stackforge.spec.envs import list_envs, load_env
+from stackforge.spec.manifest import load_manifest
+
+LOCK_NAME = "stackforge.lock"
+LOCK_VERSION = 1
+
+
+def lock_path(ws: Workspace) -> Path:
+    return ws.root / LOCK_NAME
+
+
+def current_state(ws: Workspace) -> dict:
+    """Everything the lock records, computed from the workspace as it is now."""
+    manifest = load_manifest(ws.manifest)
+    sources = {}
+    for src in manifest.sources:
+        state = source_state(ws, src)
+        sources[src.name] = {
+            "url": src.url,
+            "pin": src.commit,
+            **({"ref": src.ref} if src.ref else {}),
+            "patches": series_digest(series_files(ws, src.name)),
+            "patched_tree": state.tree or f"unavailable: {state.problem}",
+        }
+    packages: dict[str, dict] = {}
+    for env_name in list_envs(ws):
+        plan = plan_.make_plan(ws, load_env(ws, env_name))
+        built = {
+            i.name: {
+                "file": f"{i.subdir}/{i.file_name}",
+                "key": i.key,
+                "sha256": sha256_file(ws.output / i.subdir / i.file_name),
+            }
+            for i in plan.items
+            if i.status == "cached"
+        }
+        if built:
+            packages[env_name] = built
+    return {"version": LOCK_VERSION, "tools": plan_.toolchain(), "sources": sources, "packages": packages}
+
+
+def render(state: dict) -> str:
+    return json.dumps(state, indent=2, sort_keys=True) + "\n"
+
+
+def write_lock(ws: Workspace) -> tuple[Path, dict]:
+    state = current_state(ws)
+    unavailable = [n for n, s in state["sources"].items() if s["patched_tree"].startswith("unavailable")]
+    if unavailable:
+        raise Failure(
+            f"cannot lock: checkouts not at pin + series: {', '.join(unavailable)}",
+            hint="run `stackforge clone-all` first",
+        )
+    path = lock_path(ws)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render(state))
+    tmp.replace(path)
+    return path, state
+
+
+def differences(locked: object, current: object, where: str = "") -> list[str]:
+    """Human-readable differences between two lock states, one line each."""
+    if isinstance(locked, dict) and isinstance(current, dict):
+        lines: list[str] = []
+        for key in sorted(set(locked) | set(current)):
+            here = f"{where}.{key}" if where else str(key)
+            if key not in current:
+                gone = (
+                    "not built for the current inputs"
+                    if here.startswith("packages.")
+                    else "not in the workspace"
+                )
+                lines.append(f"{here}: in the lock, {gone}")
+            elif key not in locked:
+                lines.append(f"{here}: not in the lock")
+            else:
+                lines.extend(differences(locked[key], current[key], here))
+        return lines
+    if isinstance(locked, list) and isinstance(current, list) and where.endswith(".patches"):
+        return _patch_differences(locked, current, where)
+    if locked != current:
+        return [f"{where}: lock has {_short(locked)}, now {_short(current)}"]
+    return []
+
+
+def _patch_differences(locked: list, current: list, where: str) -> list[str]:
+    old = {p["file"]: p["sha256"] for p in locked}
+    new = {p["file"]: p["sha256"] for p in current}
+    lines = []
+    for name in sorted(set(old) | set(new)):
+        if name not in new:
+            lines.append(f"{where}: {name} removed")
+        elif name not in old:
+            lines.append(f"{where}: {name} added")
+        elif old[name] != new[name]:
+            lines.append(f"{where}: {name} changed (sha256 {old[name][:12]} -> {new[name][:12]})")
+    if not lines and [p["file"] for p in locked] != [p["file"] for p in current]:
+        lines.append(f"{where}: series order changed")
+    return lines
+
+
+def _short(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 72 else text[:69] + "..."
+
+
+def check_lock(ws: Workspace) -> list[str]:
+    path = lock_path(ws)
+    if not path.is_file():
+        raise Failure(f"{path} does not exist", hint="write it with `stackforge lock`")
+    try:
+        locked = json.loads(path.read_text())
+    except ValueError as exc:
+        raise Failure(f"{path}: not valid JSON ({exc})", hint="rewrite it with `stackforge lock`") from exc
+    return differences(locked, current_state(ws))

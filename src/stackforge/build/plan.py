@@ -1,0 +1,272 @@
+"""The build plan: which packages an environment needs, in which order, and the cache key of each.
+
+Cache key of a package = sha256 over: every file of its recipe folder, the environment's variant
+data, the git tree of each patched source it consumes (git-repos.txt `for=PKG` and the recipe's
+`path:` sources), the keys of the stack packages among its build/host requirements, and the
+tools that shape the bytes (rattler-build, zstd, stackforge's repacking). Its first 8 hex digits
+are in the build string, `cuda129_sm60_61_h1a2b3c4d_0`; a package whose file is already in
+output/ is not rebuilt. Run-only requirements order the build but do not enter the key, so a
+Triton patch rebuilds triton only, a PyTorch patch rebuilds pytorch and vllm."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from stackforge.build import channel, recipes
+from stackforge.build.recipes import Recipe
+from stackforge.build.repack import (
+    REPACK_VERSION,
+    zstd_version,
+)
+from stackforge.core.console import UsageError, err
+from stackforge.core.workspace import Workspace
+from stackforge.sources.state import SourceState, source_state
+from stackforge.spec.envs import GpuEnv
+from stackforge.spec.manifest import Manifest, Source, load_manifest
+
+KEY_FORMAT = "stackforge-key-1"
+DEFAULT_BUILD_ROOT = "/var/tmp/stackforge-build"
+
+
+DEFAULT_CHANNELS = ("conda-forge",)
+
+
+def build_root() -> Path:
+    return Path(os.environ.get("STACKFORGE_BUILD_ROOT") or DEFAULT_BUILD_ROOT)
+
+
+def rattler_build_version() -> str:
+    import rattler_build
+
+    return rattler_build.rattler_build_version()
+
+
+def toolchain() -> dict[str, str]:
+    return {"rattler-build": rattler_build_version(), "zstd": zstd_version(), "repack": REPACK_VERSION}
+
+
+def variant_data(env: GpuEnv) -> dict:
+    """The variant file as data: comments and key order do not rebuild anything."""
+    return yaml.safe_load(env.variant_file.read_text()) or {}
+
+
+def _single(value: object) -> object:
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def extra_channels(env: GpuEnv) -> list[str]:
+    """Channels after output/: the variant file's `channel_sources` (conda-forge's key, a
+    comma-separated string), conda-forge when absent; an empty string means output/ only."""
+    value = _single(variant_data(env).get("channel_sources"))
+    if value is None:
+        return list(DEFAULT_CHANNELS)
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(c).strip() for c in items if str(c).strip()]
+
+
+def exclude_newer(env: GpuEnv) -> datetime | None:
+    """`exclude_newer: "YYYY-MM-DD"` in the variant file: solve build/host environments as the
+    channels were on that day, so a rebuild next year resolves the same compilers and libraries."""
+    value = _single(variant_data(env).get("exclude_newer"))
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise UsageError(f"{env.variant_file}: exclude_newer={value!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def expected_build_string(env: GpuEnv, key: str, number: int) -> str:
+    return f"{env.build_tag}_h{key[:8]}_{number}"
+
+
+def consumed_sources(recipe: Recipe, manifest: Manifest) -> list[Source]:
+    """The sources a package's build reads: git-repos.txt `for=PKG` lines and the recipe's own
+    `path: ../../sources/<name>` entries must name the same checkouts."""
+    declared = {s.name for s in manifest.sources if s.consumer == recipe.name}
+    listed = set(recipe.sources)
+    for name in sorted(listed - declared):
+        src = manifest.get(name)
+        if src.consumer is not None:
+            raise UsageError(
+                f"{recipe.file}: copies sources/{name}, which {manifest.path}:{src.line} gives to for={src.consumer}",
+                hint=f"a source has one consumer: change for= or drop it from {recipe.file.name}",
+            )
+    for name in sorted(declared - listed):
+        src = manifest.get(name)
+        raise UsageError(
+            f"{manifest.path}:{src.line}: {name} is for={recipe.name}, but {recipe.file} does not copy it in",
+            hint=f"add `- path: ../../sources/{name}` with `target_directory: {name}` to its source list",
+        )
+    return [manifest.get(n) for n in sorted(declared | listed)]
+
+
+@dataclass
+class PlanItem:
+    name: str
+    version: str
+    subdir: str
+    recipe: Recipe
+    key: str = ""
+    build_string: str = ""
+    status: str = ""  # cached | build | blocked
+    reason: str = ""
+    file: str = ""  # file name in output/<subdir>/
+    epoch: int = 0
+    components: dict = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}-{self.version}-{self.build_string}.conda"
+
+    def summary(self) -> dict:
+        return {
+            "package": self.name,
+            "version": self.version,
+            "key": self.key,
+            "build_string": self.build_string,
+            "status": self.status,
+            "reason": self.reason,
+            "file": f"{self.subdir}/{self.file_name}" if self.key else "",
+        }
+
+
+@dataclass
+class Plan:
+    env: GpuEnv
+    items: list[PlanItem]
+    recipes: dict[str, Recipe]
+
+    def item(self, name: str) -> PlanItem:
+        return next(i for i in self.items if i.name == name)
+
+    def context(self) -> dict[str, str | int]:
+        """Jinja context with every stack package's real version and build string."""
+        ctx = recipes.placeholder_context(list(self.recipes))
+        for i in self.items:
+            if i.key:
+                ctx[f"{recipes.ident(i.name)}_version"] = i.version
+                ctx[f"{recipes.ident(i.name)}_build"] = i.build_string
+        return ctx
+
+
+def _key(components: dict) -> str:
+    return hashlib.sha256(json.dumps(components, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _records_dir(ws: Workspace, env: GpuEnv) -> Path:
+    return ws.output / ".keys" / env.name
+
+
+def _last_record(ws: Workspace, env: GpuEnv, name: str) -> dict | None:
+    path = _records_dir(ws, env) / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _why(components: dict, record: dict | None, env: GpuEnv) -> str:
+    """What changed since the last build of this package for this environment."""
+    if record is None:
+        return f"never built for {env.name}"
+    old = record.get("components", {})
+    reasons = []
+    if old.get("recipe") != components["recipe"]:
+        changed = sorted(
+            f
+            for f in set(old.get("recipe", {})) | set(components["recipe"])
+            if old.get("recipe", {}).get(f) != components["recipe"].get(f)
+        )
+        reasons.append(f"recipe changed ({', '.join(changed)})")
+    if old.get("variant") != components["variant"]:
+        reasons.append(f"variant changed ({env.variant_file.name})")
+    for name, tree in components["sources"].items():
+        before = old.get("sources", {}).get(name)
+        if before != tree:
+            reasons.append(f"source {name} changed (tree {str(before)[:8]} -> {tree[:8]})")
+    for name, key in components["deps"].items():
+        if old.get("deps", {}).get(name) != key:
+            reasons.append(f"dependency {name} changed (key h{key[:8]})")
+    if old.get("tools") != components["tools"]:
+        reasons.append("build tools changed")
+    if not reasons:
+        reasons.append("package missing from output/")
+    return "; ".join(reasons)
+
+
+def make_plan(ws: Workspace, env: GpuEnv, names: list[str] | None = None) -> Plan:
+    """Keys and verdicts for the stack (or the named packages and what their keys need)."""
+    manifest = load_manifest(ws.manifest)
+    found = recipes.discover(ws, env.variant_file)
+    order = recipes.build_order(found)
+    wanted = set(order)
+    if names:
+        unknown = sorted(set(names) - set(found))
+        if unknown:
+            raise UsageError(f"no recipe makes {', '.join(unknown)}", hint=f"packages: {', '.join(order)}")
+        wanted = set()
+        todo = list(names)
+        while todo:  # a package needs the keys (and packages) of its build/host dependencies
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo.extend(recipes.key_deps(found[name], found))
+    tools = toolchain()
+    variant = variant_data(env)
+    states: dict[str, SourceState] = {}
+    items: dict[str, PlanItem] = {}
+    for name in (n for n in order if n in wanted):
+        recipe = found[name]
+        sources = consumed_sources(recipe, manifest)
+        for src in sources:
+            if src.name not in states:
+                states[src.name] = source_state(ws, src)
+        deps = recipes.key_deps(recipe, found)
+        item = PlanItem(name, recipe.version, recipe.subdir, recipe, deps=deps)
+        items[name] = item
+        stale = [s.name for s in sources if states[s.name].problem]
+        problems = [f"sources/{n} {states[n].problem}" for n in stale]
+        if stale:
+            problems.append(f"run `stackforge clone {' '.join(stale)}`")
+        problems += [f"needs {d}, which is blocked" for d in deps if items[d].status == "blocked"]
+        if problems:
+            item.status, item.reason = "blocked", "; ".join(problems)
+            continue
+        item.components = {
+            "format": KEY_FORMAT,
+            "package": name,
+            "recipe": recipes.recipe_files_digest(recipe.folder),
+            "variant": variant,
+            "sources": {s.name: states[s.name].tree for s in sources},
+            "deps": {d: items[d].key for d in deps},
+            "tools": tools,
+        }
+        item.key = _key(item.components)
+        item.epoch = max((states[s.name].epoch for s in sources), default=0)
+        item.build_string = expected_build_string(env, item.key, recipe.build_number)
+        existing = channel.find(ws.output, item.subdir, name, item.version, item.build_string)
+        if existing:
+            item.status, item.reason, item.file = "cached", "already in output/", existing.name
+        else:
+            item.status, item.reason = "build", _why(item.components, _last_record(ws, env, name), env)
+    return Plan(env, list(items.values()), found)
+
+
+def print_plan(plan: Plan) -> None:
+    from rich.table import Table
+
+    table = Table("package", "version", "key", "status", "why", title=f"build plan for {plan.env.name}")
+    colours = {"cached": "green", "build": "cyan", "blocked": "red"}
+    for i in plan.items:
+        colour = colours.get(i.status, "white")
+        table.add_row(i.name, i.version, i.key[:12] or "-", f"[{colour}]{i.status}[/{colour}]", i.reason)
+    err.print(table)

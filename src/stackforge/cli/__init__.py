@@ -1,0 +1,99 @@
+"""The `stackforge` command line: one entry point, thin command modules on top of the stages.
+
+Each module in COMMAND_MODULES has `register(groups)`, where `groups` maps "" (top level),
+"patches", "audit" and "verify" to argparse sub-parser collections; a command sets
+`func(args) -> int`. Command modules import only the console and `cli.options` at load time and
+the stage that does the work inside `func`, so `stackforge --help` loads no build engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from stackforge import __version__
+from stackforge.cli.options import VLLM_ARGS, add_root
+from stackforge.core.console import EXIT_FAILED, EXIT_USAGE, StackforgeError, err, escape
+
+COMMAND_MODULES = (
+    "stackforge.cli.sources",  # clone-all, clone, status, patches export / check
+    "stackforge.cli.build",  # build, verify reproducible, lock, demo
+    "stackforge.cli.audit",  # audit kernels, audit binaries
+    "stackforge.cli.run",  # doctor, preflight, run-args, serve, generate
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep its text, add a hint
+        self.print_usage(sys.stderr)
+        err.print(f"{self.prog}: error: {message}\n  see: {self.prog} --help")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="stackforge",
+        description="Reproducible vLLM, PyTorch and Triton for Pascal (sm_60/61) and Volta (sm_70) GPUs: "
+        "clone pinned sources, patch, audit, build conda packages, run.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad usage. `stackforge COMMAND --help` for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"stackforge {__version__}")
+    add_root(parser, top=True)
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    groups = {"": top}
+    for group, help_text in (
+        ("patches", "export and check patch series"),
+        ("audit", "check kernels and binaries for the environment's GPUs"),
+        ("verify", "verify properties of the built packages"),
+    ):
+        sub = top.add_parser(group, help=help_text, description=help_text)
+        groups[group] = sub.add_subparsers(dest=f"{group}_command", metavar="COMMAND", parser_class=_Parser)
+        sub.set_defaults(func=lambda _args, p=sub: (p.print_help(), EXIT_USAGE)[1])
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(groups)
+    for parser_ in _commands(top):
+        add_root(parser_)
+    return parser
+
+
+def _commands(action: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Every leaf command parser below `action`."""
+    leaves = []
+    for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        leaves.extend(_commands(nested[0]) if nested else [sub])
+    return leaves
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "vllm_args", None) is not VLLM_ARGS:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.vllm_args = [a for a in extra if a != "--"]
+    elif getattr(args, "vllm_args", None) is VLLM_ARGS:
+        args.vllm_args = []
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except StackforgeError as exc:
+        err.print(f"[red]error:[/red] {escape(exc.render())}")
+        return exc.exit_code
+    except OSError as exc:  # a fault of the environment (disk full, read-only, missing tool): no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}")
+        err.print(
+            "  what to do: fix the path or the machine (space, permissions, PATH) and run the same command again"
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]: run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

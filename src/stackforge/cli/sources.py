@@ -1,0 +1,167 @@
+"""Commands of the sources stage: clone-all, clone, status, patches export, patches check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import asdict
+
+from stackforge.cli.options import add_dry_run, add_json
+from stackforge.core.console import UsageError, err, out, print_json
+
+
+def _mirror_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mirror",
+        metavar="DIR",
+        default=os.environ.get("STACKFORGE_MIRROR") or None,
+        help="resolve each source <name> to DIR/<name>.git (default: $STACKFORGE_MIRROR)",
+    )
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from stackforge.core.workspace import find_workspace
+    from stackforge.sources.checkouts import sync
+    from stackforge.spec.manifest import load_manifest
+
+    ws = find_workspace(args.root)
+    manifest = load_manifest(ws.manifest)
+    names = getattr(args, "names", None) or None
+    started = time.perf_counter()
+    results = sync(
+        ws, manifest, names, mirror=args.mirror, force=args.force, dry_run=args.dry_run, quiet=args.json
+    )
+    if args.json:
+        print_json([asdict(r) for r in results])
+    else:
+        for r in results:
+            colour = {"up-to-date": "green", "kept": "yellow"}.get(r.action, "cyan")
+            err.print(f"[{colour}]{r.action:>12}[/{colour}]  {r.name:<16} {r.head[:12]:<12} {r.detail}")
+        err.print(f"[dim]{len(results)} source(s) in {time.perf_counter() - started:.2f}s[/dim]")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from stackforge.core.workspace import find_workspace
+    from stackforge.sources.checkouts import Checkouts
+    from stackforge.spec.manifest import load_manifest
+
+    ws = find_workspace(args.root)
+    manifest = load_manifest(ws.manifest)
+    checkouts = Checkouts(ws, quiet=True)
+    rows = [checkouts.status(src) for src in manifest.sources]
+    if args.json:
+        print_json([{**asdict(r), "up_to_date": r.up_to_date} for r in rows])
+        return 0
+    from rich.table import Table
+
+    table = Table("source", "pin", "HEAD", "patches", "dirty", "state")
+    for r in rows:
+        style = "green" if r.up_to_date and not r.dirty else "yellow"
+        table.add_row(
+            r.name,
+            r.pin[:12],
+            (r.head or "-")[:12],
+            f"{r.applied}/{r.patches}",
+            "yes" if r.dirty else "no",
+            f"[{style}]{r.state}[/{style}]",
+        )
+    out.print(table)
+    return 0
+
+
+def _register_clone(groups: dict[str, argparse._SubParsersAction]) -> None:
+    top = groups[""]
+    for name, help_text in (
+        ("clone-all", "clone or update every source in git-repos.txt and apply its patches"),
+        ("clone", "clone or update the named sources"),
+    ):
+        p = top.add_parser(name, help=help_text, description=help_text)
+        if name == "clone":
+            p.add_argument("names", nargs="+", metavar="NAME", help="source names from git-repos.txt")
+        _mirror_arg(p)
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="update even over local changes (saved under a backup ref first)",
+        )
+        add_dry_run(p)
+        add_json(p, "the results")
+        p.set_defaults(func=_cmd_sync)
+    help_text = "pin, HEAD, patches applied and dirty state of each checkout"
+    p = top.add_parser("status", help=help_text, description=f"Show the {help_text}; changes nothing.")
+    add_json(p, "the table")
+    p.set_defaults(func=_cmd_status)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from stackforge.core.workspace import find_workspace
+    from stackforge.sources.patches import export_series
+
+    ws = find_workspace(args.root)
+    written = export_series(ws, args.name, dry_run=args.dry_run)
+    if args.json:
+        print_json([str(p.relative_to(ws.root)) for p in written])
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from stackforge.core.git import Git
+    from stackforge.core.workspace import find_workspace
+    from stackforge.sources.checkouts import _has, series_files
+    from stackforge.sources.patches import check_series
+    from stackforge.spec.manifest import load_manifest
+
+    ws = find_workspace(args.root)
+    manifest = load_manifest(ws.manifest)
+    failed = False
+    report = {}
+    for name in args.names or [s.name for s in manifest.sources if series_files(ws, s.name)]:
+        src = manifest.get(name)
+        dest = ws.checkout(name)
+        if not (dest / ".git").exists():
+            raise UsageError(f"sources/{name} is not cloned", hint=f"run `stackforge clone {name}` first")
+        git = Git(ws.state / "logs" / f"sources-{name}.log", quiet=args.json)
+        rev = args.rev or src.commit
+        if not _has(dest, git, rev):
+            git.network(["fetch", "--filter=blob:none", "origin", rev], dest, what=f"fetching {rev}")
+        base = git.out(["rev-parse", "--verify", f"{rev}^{{commit}}"], dest)
+        results = check_series(dest, base, series_files(ws, name), git)
+        report[name] = {"base": base, "patches": [asdict(r) for r in results]}
+        failed |= not all(r.ok for r in results)
+        if not args.json:
+            err.print(f"[bold]{name}[/bold] at {base[:12]}{' (' + args.rev + ')' if args.rev else ''}:")
+            for r in results:
+                colour = {"clean": "green", "offset": "green", "conflict": "red"}.get(r.verdict, "yellow")
+                extra = f"  {r.detail}" if r.verdict not in ("clean", "conflict") else ""
+                files = f"  ({', '.join(r.files)})" if r.verdict == "conflict" else ""
+                err.print(f"  [{colour}]{r.verdict:>8}[/{colour}]  {r.patch}{files}{extra}")
+    if args.json:
+        print_json(report)
+    return 1 if failed else 0
+
+
+def _register_patches(groups: dict[str, argparse._SubParsersAction]) -> None:
+    sub = groups["patches"]
+    help_text = "turn the commits above the pin in sources/NAME into patches/NAME/"
+    p = sub.add_parser("export", help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+    p.add_argument("name", metavar="NAME", help="a source name from git-repos.txt, e.g. vllm")
+    add_dry_run(p, "say what would be written, change nothing")
+    add_json(p, "the written files")
+    p.set_defaults(func=_cmd_export)
+    help_text = "apply a series to a scratch worktree and report each patch"
+    p = sub.add_parser(
+        "check",
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + "; the checkout is not touched.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="default: every source that has patches")
+    p.add_argument("--rev", help="check against this commit instead of the pin (e.g. a new upstream release)")
+    add_json(p, "the report")
+    p.set_defaults(func=_cmd_check)
+
+
+def register(groups) -> None:
+    _register_clone(groups)
+    _register_patches(groups)

@@ -1,0 +1,412 @@
+"""Checkouts: clone each pinned upstream into sources/<name> and apply patches/<name>/ on top.
+
+A checkout is brought to exactly `pin + series` and nothing a user made is lost: uncommitted
+edits or commits above the series stop the update (`--force` first saves them under
+refs/stackforge/backup/...). Fresh clones are made in a `.partial` folder and renamed into
+place, and `git am` is aborted on failure, so an interrupted or failed run is repaired by
+running it again. What was applied is recorded in `.git/stackforge.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from stackforge.core.console import Failure, err, info, print_json
+from stackforge.core.git import HERMETIC, Git
+from stackforge.spec.manifest import Manifest, Source, load_manifest
+from stackforge.core.workspace import Workspace, find_workspace
+
+STATE_FILE = "stackforge.json"
+BACKUP_PREFIX = "refs/stackforge/backup"
+
+
+# --- the patch series ------------------------------------------------------------------------
+
+
+def series_files(ws: Workspace, name: str) -> list[Path]:
+    """patches/<name>/*.patch in the order `git am` applies them (by file name)."""
+    folder = ws.patch_dir(name)
+    return sorted(folder.glob("*.patch")) if folder.is_dir() else []
+
+
+def series_digest(files: list[Path]) -> list[dict[str, str]]:
+    return [{"file": f.name, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in files]
+
+
+# --- recorded state --------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    """What stackforge last did to a checkout (lives in .git/stackforge.json)."""
+
+    url: str
+    pin: str
+    series: list[dict[str, str]] = field(default_factory=list)
+    head: str = ""
+    phase: str = "done"  # "applying" while git am runs; "failed" after a patch did not apply
+    failed_patch: str | None = None
+
+
+def _state_path(dest: Path) -> Path:
+    return dest / ".git" / STATE_FILE
+
+
+def read_state(dest: Path) -> State | None:
+    path = _state_path(dest)
+    if not path.is_file():
+        return None
+    try:
+        return State(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None  # unreadable: treated like a checkout stackforge did not make
+
+
+def write_state(dest: Path, state: State) -> None:
+    path = _state_path(dest)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncResult:
+    name: str
+    action: str  # cloned | updated | up-to-date | would-clone | would-update | kept
+    head: str = ""
+    detail: str = ""
+    backup: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SourceStatus:
+    name: str
+    pin: str
+    head: str | None
+    patches: int
+    applied: int
+    dirty: bool
+    state: str  # up-to-date | not-cloned | pin-changed | patches-changed | extra-commits | failed | unknown
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.state == "up-to-date"
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+
+class Checkouts:
+    def __init__(self, ws: Workspace, *, mirror: str | None = None, quiet: bool = False) -> None:
+        self.ws = ws
+        self.mirror = Path(mirror).resolve() if mirror else None
+        self.quiet = quiet
+
+    def git(self, name: str) -> Git:
+        return Git(self.ws.state / "logs" / f"sources-{name}.log", quiet=self.quiet)
+
+    def url(self, src: Source) -> str:
+        if self.mirror is None:
+            return src.url
+        repo = self.mirror / f"{src.name}.git"
+        if not repo.is_dir():
+            raise Failure(
+                f"mirror {self.mirror} has no {src.name}.git (git-repos.txt:{src.line})",
+                hint=f"create it with: git clone --mirror {src.url} {repo}",
+            )
+        return repo.as_uri()
+
+    # -- inspection --
+
+    def dirty(self, dest: Path, git: Git) -> bool:
+        """Tracked files or submodules with changes; untracked files are never touched, so don't count."""
+        return bool(git.out(["status", "--porcelain", "--untracked-files=no"], dest))
+
+    def status(self, src: Source) -> SourceStatus:
+        dest = self.ws.checkout(src.name)
+        series = series_files(self.ws, src.name)
+        if not (dest / ".git").exists():
+            return SourceStatus(src.name, src.commit, None, len(series), 0, False, "not-cloned")
+        git = Git(quiet=True)
+        head = git.out(["rev-parse", "HEAD"], dest)
+        dirty = self.dirty(dest, git)
+        state = read_state(dest)
+        applied = len(state.series) if state and state.phase == "done" else 0
+        return SourceStatus(
+            src.name, src.commit, head, len(series), applied, dirty, _verdict(src, state, head, series)
+        )
+
+    # -- sync --
+
+    def sync(self, src: Source, *, force: bool = False, dry_run: bool = False) -> SyncResult:
+        self.ws.sources.mkdir(parents=True, exist_ok=True)
+        lock_dir = self.ws.state / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_dir / f"{src.name}.lock")):
+            return self._sync_locked(src, force=force, dry_run=dry_run)
+
+    def _sync_locked(self, src: Source, *, force: bool, dry_run: bool) -> SyncResult:
+        dest = self.ws.checkout(src.name)
+        git = self.git(src.name)
+        series = series_files(self.ws, src.name)
+        for partial in self.ws.sources.glob(f".{src.name}.partial-*"):
+            if not dry_run:  # left by an interrupted clone: never a checkout anyone worked in
+                info(f"{src.name}: removing {partial.name} left by an interrupted run")
+                shutil.rmtree(partial, ignore_errors=True)
+        if not dest.exists():
+            if dry_run:
+                return SyncResult(
+                    src.name, "would-clone", detail=f"{src.url} @ {src.short} + {len(series)} patch(es)"
+                )
+            self._clone(src, dest, git)
+            head = self._apply(src, dest, git, series)
+            return SyncResult(src.name, "cloned", head, f"{src.short} + {len(series)} patch(es)")
+        if not (dest / ".git").exists():
+            raise Failure(
+                f"{dest} exists but is not a git checkout",
+                hint=f"move it away (it may hold your work) and run `stackforge clone {src.name}` again",
+            )
+        state = read_state(dest)
+        if state and state.phase == "applying":
+            self._abort_am(dest, git)  # an interrupted `git am` of ours: roll it back, then redo
+            state.head, state.phase = git.out(["rev-parse", "HEAD"], dest), "failed"
+            write_state(dest, state)
+        head = git.out(["rev-parse", "HEAD"], dest)
+        dirty = self.dirty(dest, git)
+        verdict = _verdict(src, state, head, series)
+        if verdict == "up-to-date":
+            note = " (uncommitted changes present, left alone)" if dirty else ""
+            return SyncResult(src.name, "up-to-date", head, f"{src.short} + {len(series)} patch(es){note}")
+        expected = state.head if state else src.commit
+        extra = head != expected
+        if verdict == "extra-commits" and not force:
+            n = (
+                git.out(["rev-list", "--count", f"{src.commit}..HEAD"], dest)
+                if _has(dest, git, src.commit)
+                else "?"
+            )
+            return SyncResult(
+                src.name,
+                "kept",
+                head,
+                f"HEAD has commits above the series ({n} above the pin): "
+                f"keep them with `stackforge patches export {src.name}`",
+            )
+        if (dirty or extra) and not force:
+            what = " and ".join(
+                w
+                for w, on in (
+                    ("uncommitted changes", dirty),
+                    ("commits that are not the patch series", extra),
+                )
+                if on
+            )
+            raise Failure(
+                f"sources/{src.name} has {what}; it needs updating ({verdict}) but was left alone",
+                hint=f"commit your work and run `stackforge patches export {src.name}` to keep it as patches, "
+                f"or re-run with --force to save it under {BACKUP_PREFIX}/... and update",
+            )
+        if dry_run:
+            return SyncResult(src.name, "would-update", head, verdict)
+        backups = self._backup(dest, git, dirty=dirty, extra=extra) if force else []
+        self._checkout_pin(src, dest, git)
+        new_head = self._apply(src, dest, git, series)
+        return SyncResult(src.name, "updated", new_head, verdict, backups)
+
+    def _clone(self, src: Source, dest: Path, git: Git) -> None:
+        tmp = dest.with_name(f".{src.name}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            # Blobless: full history of commits and trees, file contents fetched on checkout only.
+            git.network(
+                ["clone", "--filter=blob:none", "--no-checkout", "--progress", self.url(src), str(tmp)],
+                what=f"cloning {src.name}",
+                cleanup=tmp,
+            )
+            self._checkout_pin(src, tmp, git)
+            write_state(tmp, State(url=src.url, pin=src.commit, head=src.commit, phase="failed"))
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _checkout_pin(self, src: Source, dest: Path, git: Git) -> None:
+        url = self.url(src)
+        if git.out(["remote", "get-url", "origin"], dest) != url:
+            git.run(["remote", "set-url", "origin", url], dest)
+        if not _has(dest, git, src.commit):
+            try:
+                git.network(
+                    ["fetch", "--filter=blob:none", "--progress", "origin", src.commit],
+                    dest,
+                    what=f"fetching {src.short}",
+                )
+            except Failure:
+                if not git.run(["ls-remote", "--heads", "origin"], dest, check=False, echo=False).ok:
+                    raise  # the remote itself is unreachable: that is the error to report
+        if not _has(dest, git, src.commit):
+            raise Failure(
+                f"{src.name}: commit {src.commit} is not in {url} (git-repos.txt:{src.line})",
+                hint="check the SHA: `git ls-remote URL` lists what the remote has",
+            )
+        git.run(["checkout", "--quiet", "--detach", "--force", src.commit], dest)
+        head = git.out(["rev-parse", "HEAD"], dest)
+        if head != src.commit:
+            raise Failure(f"{src.name}: checked out {head}, expected the pin {src.commit}")
+        if src.submodules and (dest / ".gitmodules").is_file():
+            self._submodules(dest, git, src.name)
+
+    def _submodules(self, repo: Path, git: Git, what: str) -> None:
+        """Submodules at the commits the superproject records, recursively; with a mirror,
+        each submodule URL is redirected to <mirror>/<basename>.git."""
+        git.run(["submodule", "init"], repo)
+        if self.mirror is not None:
+            for line in git.out(
+                ["config", "--get-regexp", r"^submodule\..*\.url$"], repo, check=False
+            ).splitlines():
+                key, url = line.split(" ", 1)
+                local = self.mirror / (url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") + ".git")
+                if local.is_dir():
+                    git.run(["config", key, local.as_uri()], repo)
+        allow = ["-c", "protocol.file.allow=always"] if self.mirror is not None else []
+        git.network(
+            [*allow, "submodule", "update", "--init", "--filter=blob:none", "--force", "--progress"],
+            repo,
+            what=f"submodules of {what}",
+        )
+        listing = git.out(["config", "--file", ".gitmodules", "--get-regexp", r"\.path$"], repo, check=False)
+        for line in listing.splitlines():
+            sub = repo / line.split(" ", 1)[1]
+            if (sub / ".gitmodules").is_file():
+                self._submodules(sub, git, f"{what}/{line.split(' ', 1)[1]}")
+
+    def _apply(self, src: Source, dest: Path, git: Git, series: list[Path]) -> str:
+        digest = series_digest(series)
+        state = State(url=src.url, pin=src.commit, series=digest, head="", phase="applying")
+        write_state(dest, state)
+        if series:
+            am = ["am", "--3way", "--committer-date-is-author-date", "--no-gpg-sign", "--quiet"]
+            result = git.run([*am, *(str(p) for p in series)], dest, env=HERMETIC, check=False)
+            if not result.ok:
+                failed = _failed_patch(dest, series)
+                self._abort_am(dest, git)
+                state.series, state.phase, state.failed_patch = [], "failed", failed.name
+                state.head = git.out(["rev-parse", "HEAD"], dest)
+                write_state(dest, state)
+                raise Failure(
+                    _conflict_message(src, failed, series, result.stdout + result.stderr),
+                    hint=(
+                        f"see every patch's state with `stackforge patches check {src.name}`; fix {failed} "
+                        f"(or redo it in sources/{src.name} and run `stackforge patches export {src.name}`), "
+                        f"then run `stackforge clone {src.name}` again"
+                    ),
+                )
+        state.head, state.phase = git.out(["rev-parse", "HEAD"], dest), "done"
+        write_state(dest, state)
+        return state.head
+
+    def _abort_am(self, dest: Path, git: Git) -> None:
+        if (dest / ".git" / "rebase-apply").exists():
+            git.run(["am", "--abort"], dest, env=HERMETIC, check=False)
+            shutil.rmtree(dest / ".git" / "rebase-apply", ignore_errors=True)
+
+    def _backup(self, dest: Path, git: Git, *, dirty: bool, extra: bool) -> list[str]:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        refs = []
+        if extra:
+            ref = f"{BACKUP_PREFIX}/{stamp}/head"
+            git.run(["update-ref", ref, "HEAD"], dest)
+            refs.append(ref)
+        if dirty:
+            # `stash create` makes a commit of the index and worktree without touching either.
+            stash = git.out(["stash", "create", "stackforge backup before update"], dest, env=HERMETIC)
+            if stash:
+                ref = f"{BACKUP_PREFIX}/{stamp}/worktree"
+                git.run(["update-ref", ref, stash], dest)
+                refs.append(ref)
+        for ref in refs:
+            err.print(f"[yellow]saved[/yellow] {dest.name}: {ref}  (see it: git -C {dest} show --stat {ref})")
+        return refs
+
+
+def _has(dest: Path, git: Git, commit: str) -> bool:
+    return git.run(["cat-file", "-e", f"{commit}^{{commit}}"], dest, check=False, echo=False).ok
+
+
+def _verdict(src: Source, state: State | None, head: str, series: list[Path]) -> str:
+    if state is None:
+        return "up-to-date" if head == src.commit and not series else "unknown"
+    if state.phase == "failed":
+        return "failed"
+    if state.pin != src.commit:
+        return "pin-changed"
+    if state.series != series_digest(series):
+        return "patches-changed"
+    if head != state.head:
+        return "extra-commits"
+    return "up-to-date"
+
+
+def _failed_patch(dest: Path, series: list[Path]) -> Path:
+    """The patch `git am` stopped at: rebase-apply/next holds its 1-based number."""
+    try:
+        index = int((dest / ".git" / "rebase-apply" / "next").read_text().strip())
+        return series[index - 1]
+    except (OSError, ValueError, IndexError):
+        return series[0]
+
+
+def _conflict_message(src: Source, patch: Path, series: list[Path], output: str) -> str:
+    failures = sorted(set(re.findall(r"error: patch failed: (\S+):(\d+)", output)))
+    conflicts = sorted(set(re.findall(r"CONFLICT \([^)]*\): .*? in (\S+)", output)))
+    missing = sorted(set(re.findall(r"error: (\S+): does not exist in index", output)))
+    lines = [
+        f"{patch} does not apply to {src.name} at {src.short} (patch {series.index(patch) + 1} of {len(series)})"
+    ]
+    lines += [f"  {path}: hunk at line {line} does not apply" for path, line in failures]
+    lines += [f"  {path}: 3-way merge conflict" for path in conflicts]
+    lines += [f"  {path}: file does not exist at the pin" for path in missing]
+    lines.append(f"  sources/{src.name} was left at the pin with no patches applied (git am was aborted)")
+    return "\n".join(lines)
+
+
+def patched_tree(ws: Workspace, src: Source) -> str:
+    """The git tree hash of the patched checkout, for cache keys; fails unless up to date."""
+    status = Checkouts(ws, quiet=True).status(src)
+    if not status.up_to_date or status.dirty:
+        state = "has uncommitted changes" if status.dirty else status.state
+        raise Failure(
+            f"sources/{src.name} is not the pinned, patched tree ({state})",
+            hint=f"run `stackforge clone {src.name}`",
+        )
+    return Git(quiet=True).out(["rev-parse", "HEAD^{tree}"], ws.checkout(src.name))
+
+
+def sync(
+    ws: Workspace,
+    manifest: Manifest,
+    names: list[str] | None = None,
+    *,
+    mirror: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    quiet: bool = False,
+) -> list[SyncResult]:
+    """Bring the named checkouts (default: all) to pin + series; stops at the first failure."""
+    checkouts = Checkouts(ws, mirror=mirror, quiet=quiet)
+    return [checkouts.sync(src, force=force, dry_run=dry_run) for src in manifest.select(names)]
+
+
+# --- CLI -------------------------------------------------------------------------------------
