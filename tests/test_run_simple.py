@@ -20,7 +20,7 @@ from conftest import REPO_ROOT
 from test_runtime import PINS, fake_smi, make_workspace
 
 from stackforge.core.workspace import Workspace
-from stackforge.run import runtime
+from stackforge.run import preflight, vllm_args
 from stackforge.spec.envs import load_env
 
 SECRET = "hf_StackforgeTestToken0123456789abcdef"
@@ -155,7 +155,7 @@ def test_generates_on_the_environment_of_the_gpu(card: str, env_name: str, tmp_p
     assert proc.returncode == 0, proc.stderr
     first, answered = box.records()
     env = load_env(box.ws, env_name)
-    assert first["llm"] == runtime.llm_kwargs(env, runtime.DEFAULT_MODEL, environ={})
+    assert first["llm"] == vllm_args.llm_kwargs(env, vllm_args.DEFAULT_MODEL, environ={})
     assert first["env"] == {
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
@@ -170,7 +170,7 @@ def test_generates_on_the_environment_of_the_gpu(card: str, env_name: str, tmp_p
     assert f"env {env_name}; CUDA graphs)" in summary
     assert f"environment: {env_name} (GPU 0 (" in proc.stderr
     for name, pin in PINS.items():
-        assert f"{name} {pin} {runtime.build_tag(env)}h0123abcd_0" in proc.stderr
+        assert f"{name} {pin} {preflight.build_tag(env)}h0123abcd_0" in proc.stderr
     assert summary in box.logs()
 
 
@@ -192,7 +192,7 @@ def test_local_model_offline(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     first, answered = box.records()
     assert first["llm"]["model"] == str(model) and first["env"]["HF_HUB_OFFLINE"] == "1"
-    assert answered["prompts"] == [runtime.DEFAULT_PROMPT]  # no chat template: plain generate
+    assert answered["prompts"] == [vllm_args.DEFAULT_PROMPT]  # no chat template: plain generate
     assert f"model: local {model}" in proc.stderr
 
 
@@ -291,7 +291,7 @@ def test_serve_runs_vllm_in_the_runtime_environment(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr
     launched = json.loads(seen.read_text())
-    assert launched["argv"] == runtime.serve_argv(load_env(box.ws, "pascal"), ["--model", "m"], environ={})
+    assert launched["argv"] == vllm_args.serve_argv(load_env(box.ws, "pascal"), ["--model", "m"], environ={})
     assert launched["env"] == "pascal" and launched["usage_stats"] == "1"
     assert launched["token_ok"] is True  # the --hf-token value reached vLLM as HF_TOKEN
     assert "OpenAI-compatible API on http://127.0.0.1:8000/v1" in proc.stderr

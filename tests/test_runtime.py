@@ -19,7 +19,7 @@ from conftest import REPO_ROOT, SCHEMAS
 
 from stackforge.core.console import Failure, UsageError
 from stackforge.core.workspace import Workspace
-from stackforge.run import runtime
+from stackforge.run import preflight, vllm_args
 from stackforge.spec.envs import list_envs, load_env
 
 WS = Workspace(REPO_ROOT)
@@ -57,7 +57,7 @@ def fake_smi(folder: Path, card: str) -> Path:
     return path
 
 
-PINS = dict(runtime.RUNTIME_PACKAGES)
+PINS = dict(preflight.RUNTIME_PACKAGES)
 
 
 def make_channel(
@@ -72,7 +72,7 @@ def make_channel(
     (files / "README.stand-in").write_text("tiny stand-in package for the runtime tests\n")
     (output / "noarch").mkdir(parents=True, exist_ok=True)
     for env in envs:
-        tag = runtime.build_tag(load_env(WS, env))
+        tag = preflight.build_tag(load_env(WS, env))
         for name, version in (versions or PINS).items():
             rattler_build.assemble_package(
                 name=name,
@@ -117,20 +117,20 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_suit_pascal_and_volta():
-    table = {d.kwarg: d.value for d in runtime.DEFAULTS}
+    table = {d.kwarg: d.value for d in vllm_args.DEFAULTS}
     assert table["dtype"] == "float16"  # no bf16 on these GPUs
     assert table["attention_backend"] == "TRITON_ATTN"
     assert 1024 <= table["max_model_len"] <= 8192
     assert 0.5 <= table["gpu_memory_utilization"] < 1.0
     assert table["compilation_config"] == {"mode": "NONE", "cudagraph_mode": "FULL_DECODE_ONLY"}
-    assert all(d.why for d in (*runtime.DEFAULTS, *runtime.SERVE_DEFAULTS))
-    assert set(runtime.ENV_OVERRIDES) <= set(list_envs(WS))
+    assert all(d.why for d in (*vllm_args.DEFAULTS, *vllm_args.SERVE_DEFAULTS))
+    assert set(vllm_args.ENV_OVERRIDES) <= set(list_envs(WS))
 
 
 @pytest.mark.parametrize("env_name", ["pascal", "volta"])
 def test_serve_arguments_per_environment(env_name: str):
     env = load_env(WS, env_name)
-    argv = runtime.serve_argv(env, [], environ={})
+    argv = vllm_args.serve_argv(env, [], environ={})
     assert argv[:2] == ["vllm", "serve"]
     pairs = dict(zip(argv[2::2], argv[3::2], strict=True))
     assert pairs == {
@@ -141,10 +141,10 @@ def test_serve_arguments_per_environment(env_name: str):
         "--compilation-config": '{"mode":"NONE","cudagraph_mode":"FULL_DECODE_ONLY"}',
         "--host": "127.0.0.1",
         "--port": "8000",
-        "--model": runtime.DEFAULT_MODEL,
+        "--model": vllm_args.DEFAULT_MODEL,
     }
     assert json.loads(pairs["--compilation-config"])["cudagraph_mode"] == "FULL_DECODE_ONLY"
-    assert runtime.runtime_environment(env) == {
+    assert vllm_args.runtime_environment(env) == {
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "STACKFORGE_ENV": env_name,
@@ -154,7 +154,7 @@ def test_serve_arguments_per_environment(env_name: str):
 @pytest.mark.parametrize("env_name", ["pascal", "volta"])
 def test_llm_keywords_per_environment(env_name: str):
     env = load_env(WS, env_name)
-    graphs = runtime.llm_kwargs(env, "m", environ={})
+    graphs = vllm_args.llm_kwargs(env, "m", environ={})
     assert graphs == {
         "model": "m",
         "dtype": "float16",
@@ -163,7 +163,7 @@ def test_llm_keywords_per_environment(env_name: str):
         "gpu_memory_utilization": 0.85,
         "compilation_config": {"mode": "NONE", "cudagraph_mode": "FULL_DECODE_ONLY"},
     }
-    eager = runtime.llm_kwargs(env, "m", enforce_eager=True, environ={})
+    eager = vllm_args.llm_kwargs(env, "m", enforce_eager=True, environ={})
     assert eager["enforce_eager"] is True and "compilation_config" not in eager
 
 
@@ -186,11 +186,11 @@ def test_llm_keywords_per_environment(env_name: str):
     ],
 )
 def test_user_arguments_replace_defaults(user: list[str], dropped: str):
-    argv = runtime.serve_argv(load_env(WS, "pascal"), user, environ={})
+    argv = vllm_args.serve_argv(load_env(WS, "pascal"), user, environ={})
     assert argv[2 : 2 + len(user)] == user  # the user's arguments, untouched, first
     ours = argv[2 + len(user) :]
     assert dropped not in ours
-    every = [d.flag for d in (*runtime.DEFAULTS, *runtime.SERVE_DEFAULTS)] + ["--model"]
+    every = [d.flag for d in (*vllm_args.DEFAULTS, *vllm_args.SERVE_DEFAULTS)] + ["--model"]
     assert [f for f in every if f in ours] == [f for f in every if f != dropped]  # only that one gave way
 
 
@@ -198,8 +198,8 @@ def test_deprecated_attention_variable_is_left_alone():
     """vLLM 0.14 raises when VLLM_ATTENTION_BACKEND and --attention-backend are both given."""
     env = load_env(WS, "volta")
     environ = {"VLLM_ATTENTION_BACKEND": "FLEX_ATTENTION"}
-    assert "--attention-backend" not in runtime.serve_argv(env, [], environ=environ)
-    assert "attention_backend" not in runtime.llm_kwargs(env, "m", environ=environ)
+    assert "--attention-backend" not in vllm_args.serve_argv(env, [], environ=environ)
+    assert "attention_backend" not in vllm_args.llm_kwargs(env, "m", environ=environ)
 
 
 def test_settings_these_gpus_cannot_run_are_refused():
@@ -211,30 +211,30 @@ def test_settings_these_gpus_cannot_run_are_refused():
         ["--kv-cache-dtype", "fp8_e5m2"],  # TRITON_ATTN stores it as e4m3 too (patches/vllm/0005)
     ):
         with pytest.raises(UsageError) as exc:
-            runtime.refuse_unsupported(args)
+            vllm_args.refuse_unsupported(args)
         assert exc.value.hint
-    runtime.refuse_unsupported(["--kv-cache-dtype", "auto", "--dtype", "float16"])
+    vllm_args.refuse_unsupported(["--kv-cache-dtype", "auto", "--dtype", "float16"])
 
 
 def test_hf_token_argument_becomes_a_variable():
     secret = "hf_" + "x" * 30
-    assert runtime.take_hf_token(["--model", "m", "--hf-token", secret, "--port", "1"]) == (
+    assert vllm_args.take_hf_token(["--model", "m", "--hf-token", secret, "--port", "1"]) == (
         ["--model", "m", "--port", "1"],
         secret,
     )
-    assert runtime.take_hf_token([f"--hf-token={secret}"]) == ([], secret)
-    assert runtime.take_hf_token(["--hf-token", "--port", "1"]) == (["--hf-token", "--port", "1"], None)
+    assert vllm_args.take_hf_token([f"--hf-token={secret}"]) == ([], secret)
+    assert vllm_args.take_hf_token(["--hf-token", "--port", "1"]) == (["--hf-token", "--port", "1"], None)
 
 
 def test_redact_hides_tokens():
     environ = {"HF_TOKEN": "s3cr3t-value", "HUGGING_FACE_HUB_TOKEN": "other-secret"}
     text = "a s3cr3t-value b other-secret c hf_ABCDEFGHIJKLMNOPQRSTUVWX d"
-    assert runtime.redact(text, environ) == "a *** b *** c hf_*** d"
+    assert vllm_args.redact(text, environ) == "a *** b *** c hf_*** d"
 
 
 def test_build_tags_match_the_build_strings():
-    assert runtime.build_tag(load_env(WS, "pascal")) == "cuda129_sm60_61_"
-    assert runtime.build_tag(load_env(WS, "volta")) == "cuda129_sm70_"
+    assert preflight.build_tag(load_env(WS, "pascal")) == "cuda129_sm60_61_"
+    assert preflight.build_tag(load_env(WS, "volta")) == "cuda129_sm70_"
 
 
 # --- the runtime workspace (runtime/pixi.toml) --------------------------------------------------
@@ -250,18 +250,18 @@ def test_runtime_manifest_takes_our_packages_from_output_only():
     assert ws["channels"][0] == "../output" and ws["channel-priority"] == "strict"
     assert (REPO_ROOT / "runtime" / ws["channels"][0]).resolve() == WS.output.resolve()
     assert sorted(RUNTIME_TOML["environments"]) == list_envs(WS)
-    for name in runtime.RUNTIME_PACKAGES:
+    for name in preflight.RUNTIME_PACKAGES:
         assert name not in RUNTIME_TOML["dependencies"], f"{name} must come per environment, from output/"
     for env_name in list_envs(WS):
         env = load_env(WS, env_name)
         feature = RUNTIME_TOML["feature"][env_name]
         assert feature["activation"]["env"]["STACKFORGE_ENV"] == env_name
         deps = feature["dependencies"]
-        assert set(deps) == set(runtime.RUNTIME_PACKAGES)
-        for name, pin in runtime.RUNTIME_PACKAGES.items():
+        assert set(deps) == set(preflight.RUNTIME_PACKAGES)
+        for name, pin in preflight.RUNTIME_PACKAGES.items():
             assert deps[name] == {
                 "version": f"{pin}.*",
-                "build": f"{runtime.build_tag(env)}*",
+                "build": f"{preflight.build_tag(env)}*",
                 "channel": "../output",
             }
     assert RUNTIME_TOML["dependencies"]["cuda-version"] == "12.9.*"
@@ -284,7 +284,7 @@ def test_main_workspace_has_no_runtime_environment():
     for table in tables:
         for key in ("dependencies", "pypi-dependencies"):
             for name, spec in table.get(key, {}).items():
-                assert name not in runtime.RUNTIME_PACKAGES or key == "pypi-dependencies", name
+                assert name not in preflight.RUNTIME_PACKAGES or key == "pypi-dependencies", name
                 assert "output" not in json.dumps(spec), f"{name} = {spec}"
         assert not any("output" in str(c) for c in table.get("channels", []))
     assert MAIN_TOML["tasks"]["serve"]["cmd"] == "stackforge serve"
@@ -313,7 +313,7 @@ def test_runtime_specs_select_this_environments_builds(env_name: str, tmp_path: 
     specs = [_spec(name, table) for name, table in deps.items()]
     channel = rattler.Channel(str(tmp_path / "output"))
     records = asyncio.run(rattler.solve([channel], specs, platforms=["linux-64", "noarch"]))
-    tag = runtime.build_tag(load_env(WS, env_name))
+    tag = preflight.build_tag(load_env(WS, env_name))
     assert sorted((r.name.normalized, str(r.version), str(r.build)) for r in records) == sorted(
         (name, pin, f"{tag}h0123abcd_0") for name, pin in PINS.items()
     )
@@ -325,19 +325,19 @@ def test_runtime_specs_select_this_environments_builds(env_name: str, tmp_path: 
 def test_not_built_names_the_build_command(tmp_path: Path):
     ws = make_workspace(tmp_path / "ws", built=())
     with pytest.raises(Failure) as exc:
-        runtime.check_built(ws, load_env(ws, "pascal"))
+        preflight.check_built(ws, load_env(ws, "pascal"))
     assert "not built yet" in exc.value.message
     assert "pixi run build-cuda -e pascal" in exc.value.hint
 
 
 def test_built_for_one_environment_only(tmp_path: Path):
     ws = make_workspace(tmp_path / "ws", built=("pascal",))
-    found = runtime.check_built(ws, load_env(ws, "pascal"))
+    found = preflight.check_built(ws, load_env(ws, "pascal"))
     assert [(p.name, p.version, p.build) for p in found] == [
         (name, pin, "cuda129_sm60_61_h0123abcd_0") for name, pin in PINS.items()
     ]
     with pytest.raises(Failure) as exc:
-        runtime.check_built(ws, load_env(ws, "volta"))
+        preflight.check_built(ws, load_env(ws, "volta"))
     assert "triton 3.5.1, pytorch 2.9.1, vllm 0.14.0 with build cuda129_sm70_*" in exc.value.message
     assert "pixi run build-cuda -e volta" in exc.value.hint
 
@@ -346,11 +346,11 @@ def test_wrong_version_and_unindexed_channel(tmp_path: Path):
     ws = make_workspace(tmp_path / "ws", built=())
     make_channel(ws.output, ("pascal",), versions={**PINS, "vllm": "0.13.0"})
     with pytest.raises(Failure) as exc:
-        runtime.check_built(ws, load_env(ws, "pascal"))
+        preflight.check_built(ws, load_env(ws, "pascal"))
     assert "vllm 0.14.0 (found 0.13.0)" in exc.value.message
     (ws.output / "linux-64" / "repodata.json").unlink()
     with pytest.raises(Failure) as exc:
-        runtime.check_built(ws, load_env(ws, "pascal"))
+        preflight.check_built(ws, load_env(ws, "pascal"))
     assert "not indexed" in exc.value.message
 
 
@@ -358,43 +358,43 @@ def test_model_checks(tmp_path: Path):
     model = tmp_path / "qwen"
     model.mkdir()
     with pytest.raises(Failure, match=r"no config\.json"):
-        runtime.check_model(str(model), {})
+        preflight.check_model(str(model), {})
     (model / "config.json").write_text("{}")
-    assert runtime.check_model(str(model), {"HF_HUB_OFFLINE": "1"}).startswith("local ")
+    assert preflight.check_model(str(model), {"HF_HUB_OFFLINE": "1"}).startswith("local ")
     with pytest.raises(Failure, match="does not exist"):
-        runtime.check_model(str(tmp_path / "missing"), {})
+        preflight.check_model(str(tmp_path / "missing"), {})
     # a hub id: fine online, needs the cache offline
-    assert "downloaded on first use" in runtime.check_model("Qwen/Qwen2.5-0.5B-Instruct", {})
+    assert "downloaded on first use" in preflight.check_model("Qwen/Qwen2.5-0.5B-Instruct", {})
     cache = tmp_path / "hub"
     offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     with pytest.raises(Failure) as exc:
-        runtime.check_model("Qwen/Qwen2.5-0.5B-Instruct", offline)
+        preflight.check_model("Qwen/Qwen2.5-0.5B-Instruct", offline)
     assert "HF_HUB_OFFLINE=1 forbids downloading" in exc.value.message and str(cache) in exc.value.message
     snapshot = cache / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text("{}")
-    assert "from the cache" in runtime.check_model("Qwen/Qwen2.5-0.5B-Instruct", offline)
-    assert runtime.hf_cache_dir({"HF_HOME": "/x"}) == Path("/x/hub")
-    assert runtime.hf_cache_dir({"HOME": "/h"}) == Path("/h/.cache/huggingface/hub")
+    assert "from the cache" in preflight.check_model("Qwen/Qwen2.5-0.5B-Instruct", offline)
+    assert preflight.hf_cache_dir({"HF_HOME": "/x"}) == Path("/x/hub")
+    assert preflight.hf_cache_dir({"HOME": "/h"}) == Path("/h/.cache/huggingface/hub")
 
 
 def test_coverage_rules():
     pascal, volta = load_env(WS, "pascal"), load_env(WS, "volta")
     assert pascal.covers(60) and pascal.covers(61) and not pascal.covers(70)
     assert volta.covers(70) and volta.covers(75) and not volta.covers(61)
-    gpus = [runtime.Gpu(0, "Tesla P40", 61), runtime.Gpu(1, "Tesla V100", 70)]
-    assert runtime.visible(gpus, {"CUDA_VISIBLE_DEVICES": "1"}) == gpus[1:]
-    assert runtime.visible(gpus, {"CUDA_VISIBLE_DEVICES": "0,-1,1"}) == gpus[:1]
-    assert runtime.visible(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-1234"}) == gpus
+    gpus = [preflight.Gpu(0, "Tesla P40", 61), preflight.Gpu(1, "Tesla V100", 70)]
+    assert preflight.visible(gpus, {"CUDA_VISIBLE_DEVICES": "1"}) == gpus[1:]
+    assert preflight.visible(gpus, {"CUDA_VISIBLE_DEVICES": "0,-1,1"}) == gpus[:1]
+    assert preflight.visible(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-1234"}) == gpus
 
 
 @pytest.mark.parametrize(("card", "env_name"), [("p40", "pascal"), ("p100", "pascal"), ("v100", "volta")])
 def test_environment_chosen_from_the_gpu(card: str, env_name: str, tmp_path: Path, monkeypatch):
     ws = make_workspace(tmp_path / "ws")
     monkeypatch.setenv("STACKFORGE_NVIDIA_SMI", str(fake_smi(tmp_path, card)))
-    plan = runtime.preflight(ws, None, None, environ={})
+    plan = preflight.preflight(ws, None, None, environ={})
     assert plan.env.name == env_name
-    assert [p.build.startswith(runtime.build_tag(plan.env)) for p in plan.packages] == [True] * 3
+    assert [p.build.startswith(preflight.build_tag(plan.env)) for p in plan.packages] == [True] * 3
 
 
 @pytest.mark.parametrize("card", ["none", "nodriver", "missing"])
@@ -403,7 +403,7 @@ def test_no_gpu(card: str, tmp_path: Path, monkeypatch):
     smi = tmp_path / "no-such-nvidia-smi" if card == "missing" else fake_smi(tmp_path, card)
     monkeypatch.setenv("STACKFORGE_NVIDIA_SMI", str(smi))
     with pytest.raises(Failure) as exc:
-        runtime.preflight(ws, "pascal", None, environ={})
+        preflight.preflight(ws, "pascal", None, environ={})
     assert exc.value.message.startswith("no NVIDIA GPU")
     assert "R580" in exc.value.hint
 
@@ -412,10 +412,10 @@ def test_mixed_box_needs_visible_devices(tmp_path: Path, monkeypatch):
     ws = make_workspace(tmp_path / "ws")
     monkeypatch.setenv("STACKFORGE_NVIDIA_SMI", str(fake_smi(tmp_path, "p40+v100")))
     with pytest.raises(Failure) as exc:
-        runtime.preflight(ws, "pascal", None, environ={})
+        preflight.preflight(ws, "pascal", None, environ={})
     assert "GPU 1 (Tesla V100-PCIE-32GB" in exc.value.message
     assert "CUDA_VISIBLE_DEVICES=0" in exc.value.hint
-    plan = runtime.preflight(ws, None, None, environ={"CUDA_VISIBLE_DEVICES": "1"})
+    plan = preflight.preflight(ws, None, None, environ={"CUDA_VISIBLE_DEVICES": "1"})
     assert plan.env.name == "volta" and [g.index for g in plan.gpus] == [1]
 
 
@@ -471,16 +471,16 @@ def test_vllm_0_14_0_accepts_our_settings():
         return ast.parse((tree_root / rel).read_text())
 
     engine = _class_fields(parse("vllm/engine/arg_utils.py"), "EngineArgs")
-    for d in runtime.DEFAULTS:
+    for d in vllm_args.DEFAULTS:
         assert d.kwarg in engine, f"EngineArgs has no {d.kwarg} (flag {d.flag})"
     assert "enforce_eager" in engine and "model" in engine and "hf_token" in engine
     frontend = _class_fields(parse("vllm/entrypoints/openai/cli_args.py"), "FrontendArgs")
-    for d in runtime.SERVE_DEFAULTS:
+    for d in vllm_args.SERVE_DEFAULTS:
         assert d.kwarg in frontend
     compilation = parse("vllm/config/compilation.py")
-    assert set(runtime.CUDA_GRAPHS) <= _class_fields(compilation, "CompilationConfig")
-    assert runtime.CUDA_GRAPHS["mode"] in _enum_members(compilation, "CompilationMode")
-    assert runtime.CUDA_GRAPHS["cudagraph_mode"] in _enum_members(compilation, "CUDAGraphMode")
+    assert set(vllm_args.CUDA_GRAPHS) <= _class_fields(compilation, "CompilationConfig")
+    assert vllm_args.CUDA_GRAPHS["mode"] in _enum_members(compilation, "CompilationMode")
+    assert vllm_args.CUDA_GRAPHS["cudagraph_mode"] in _enum_members(compilation, "CUDAGraphMode")
     backends = _enum_members(parse("vllm/v1/attention/backends/registry.py"), "AttentionBackendEnum")
     assert "TRITON_ATTN" in backends
     triton_attn = (tree_root / "vllm/v1/attention/backends/triton_attn.py").read_text()

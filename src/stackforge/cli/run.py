@@ -62,7 +62,7 @@ def _register_doctor(groups) -> None:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options of ./run_simple.sh, shared by `stackforge preflight` and `generate`."""
-    from stackforge.run.runtime import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DEFAULT_PROMPT
+    from stackforge.run.vllm_args import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DEFAULT_PROMPT
 
     add_env(p, fallback="what `stackforge doctor` recommends for this GPU")
     p.add_argument(
@@ -86,7 +86,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def run_preflight(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
-    from stackforge.run.runtime import preflight, report
+    from stackforge.run.preflight import preflight, report
 
     ws = find_workspace(args.root)
     plan = preflight(ws, args.env, args.model)
@@ -106,7 +106,7 @@ def _env_for_args(ws: Workspace, name: str | None) -> GpuEnv:
 
 def run_args(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
-    from stackforge.run.runtime import (
+    from stackforge.run.vllm_args import (
         DEFAULT_MODEL,
         SERVE_DEFAULTS,
         defaults_for,
@@ -159,13 +159,11 @@ def run_args(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
-    from stackforge.run.runtime import (
+    from stackforge.run.preflight import launcher, preflight, report
+    from stackforge.run.vllm_args import (
         DEFAULT_MODEL,
-        launcher,
-        preflight,
         redact,
         refuse_unsupported,
-        report,
         runtime_environment,
         serve_argv,
         take_hf_token,
@@ -200,7 +198,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_address(argv: Sequence[str]) -> str:
-    from stackforge.run.runtime import _flag_values
+    from stackforge.run.vllm_args import _flag_values
 
     values = _flag_values(argv)
     return f"{values.get('host', '127.0.0.1')}:{values.get('port', '8000')}"
@@ -244,7 +242,7 @@ def _register_runtime(groups) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
-    from stackforge.run.runtime import generate
+    from stackforge.run.generate import generate
 
     return generate(args, find_workspace(args.root))
 

@@ -13,9 +13,7 @@ Exit 0 when nothing is an error (also on a machine with no NVIDIA GPU), 1 when s
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,10 +23,9 @@ from rich.table import Table
 from stackforge.core.console import StackforgeError, out
 from stackforge.core.workspace import Workspace
 from stackforge.cuda.fatbin import Embedded, Sass
+from stackforge.run.gpus import QUERY, Gpu, _smi, find_nvidia_smi, parse_smi_csv, version_tuple
 from stackforge.spec.envs import env_for_capability, load_env
 from stackforge.spec.manifest import load_manifest
-
-QUERY = "--query-gpu=name,compute_cap,driver_version"
 
 # R580 is the last driver branch that supports Maxwell, Pascal and Volta (NVIDIA's CUDA 13.0 and
 # R580 release notes; FACTS.md). Newer branches drop compute capability < 7.5.
@@ -43,12 +40,6 @@ OLD_GPU_LIMIT = 75  # compute capability below which the R580 limit applies
 CUDA_MIN_DRIVER = {"12.9": (575, 51, 3)}
 CUDA12_COMPAT_FLOOR = (525, 60, 13)
 
-# Compute capability by card name, for drivers too old to answer the compute_cap field.
-NAME_TO_CAP = (
-    (re.compile(r"P100", re.I), 60),
-    (re.compile(r"\bP40\b|\bP4\b|\bP6\b|GTX 10\d0|TITAN Xp|TITAN X \(Pascal\)|Quadro P\d", re.I), 61),
-    (re.compile(r"V100|TITAN V|GV100|CMP 100-210", re.I), 70),
-)
 
 # What the stack pins when git-repos.txt cannot be read (manifest names -> distribution names).
 DEFAULT_PINS = {"torch": "2.9.1", "triton": "3.5.1", "vllm": "0.14.0"}
@@ -79,19 +70,6 @@ print("STACKFORGE-PROBE " + json.dumps(r))
 
 
 @dataclass
-class Gpu:
-    index: int
-    name: str
-    arch: int | None  # 61 for compute capability 6.1
-    driver: str
-    env: str | None = None
-
-    @property
-    def capability(self) -> str:
-        return f"{self.arch // 10}.{self.arch % 10}" if self.arch is not None else "unknown"
-
-
-@dataclass
 class Problem:
     level: str  # "error": will not work; "warning": works with a caveat, or needs a decision
     what: str
@@ -107,6 +85,10 @@ class Report:
     recommended_devices: str | None = None  # nvidia-smi indices, for CUDA_VISIBLE_DEVICES on mixed boxes
     packages: dict = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{p.what} (what to do: {p.advice})" for p in self.problems if p.level == "error"]
 
     def add(self, level: str, what: str, advice: str) -> None:
         self.problems.append(Problem(level, what, advice))
@@ -127,43 +109,6 @@ class Report:
             "problems": [asdict(p) for p in self.problems],
             "ok": self.ok,
         }
-
-
-def find_nvidia_smi() -> str | None:
-    explicit = os.environ.get("STACKFORGE_NVIDIA_SMI")
-    if explicit is not None:
-        return explicit if os.access(explicit, os.X_OK) and Path(explicit).is_file() else None
-    return shutil.which("nvidia-smi")
-
-
-def version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text))
-
-
-def parse_capability(text: str) -> int | None:
-    match = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", text)
-    return int(match.group(1)) * 10 + int(match.group(2)) if match else None
-
-
-def capability_from_name(name: str) -> int | None:
-    return next((cap for pattern, cap in NAME_TO_CAP if pattern.search(name)), None)
-
-
-def parse_smi_csv(text: str, with_cap: bool = True) -> list[Gpu]:
-    """Rows of `name, compute_cap, driver_version` (or `name, driver_version` for old drivers)."""
-    gpus = []
-    for line in text.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if not line.strip() or len(fields) != (3 if with_cap else 2):
-            continue
-        name, driver = fields[0], fields[-1]
-        arch = parse_capability(fields[1]) if with_cap else capability_from_name(name)
-        gpus.append(Gpu(index=len(gpus), name=name, arch=arch, driver=driver))
-    return gpus
-
-
-def _smi(smi: str, query: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([smi, query, "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
 
 
 def query_gpus(report: Report) -> None:

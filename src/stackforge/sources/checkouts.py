@@ -9,7 +9,6 @@ running it again. What was applied is recorded in `.git/stackforge.json`.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -21,10 +20,10 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from stackforge.core.console import Failure, err, info, print_json
+from stackforge.core.console import Failure, err, info
 from stackforge.core.git import HERMETIC, Git
-from stackforge.spec.manifest import Manifest, Source, load_manifest
-from stackforge.core.workspace import Workspace, find_workspace
+from stackforge.core.workspace import Workspace
+from stackforge.spec.manifest import Manifest, Source
 
 STATE_FILE = "stackforge.json"
 BACKUP_PREFIX = "refs/stackforge/backup"

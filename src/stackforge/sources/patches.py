@@ -7,19 +7,18 @@ the same files on every machine and diffs of patches/ stay small.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from stackforge.core.console import Failure, UsageError, err, info, print_json
+from stackforge.core.console import Failure, UsageError, info
 from stackforge.core.git import HERMETIC, Git
-from stackforge.spec.manifest import load_manifest
+from stackforge.core.workspace import Workspace
 from stackforge.sources.checkouts import Checkouts, _has, read_state, series_files
-from stackforge.core.workspace import Workspace, find_workspace
+from stackforge.spec.manifest import load_manifest
 
 # --zero-commit and -N keep a patch's bytes independent of the commit SHA and of the series
 # length; --full-index keeps index lines independent of how many objects a clone has.

@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import os
-import shutil
 import subprocess
-import time
-from collections import deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-import yaml
-from filelock import FileLock
-from stackforge.build import machine as buildenv
-from stackforge.build import channel
-from stackforge.build import recipes
-from stackforge.core.console import Failure, UsageError, err, print_json
-from stackforge.spec.envs import GpuEnv, load_env
-from stackforge.spec.manifest import Manifest, Source, load_manifest
-from stackforge.build.recipes import Recipe
-from stackforge.build.repack import (
-    REPACK_VERSION,
-    compare_packages,
-    normalize_package,
-    path_replacements,
-    sha256_file,
-    zstd_version,
-)
-from stackforge.core.workspace import Workspace, find_workspace
+from dataclasses import dataclass
+
+from stackforge.core.workspace import Workspace
+from stackforge.spec.manifest import Source
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""The GPUs of this machine, as nvidia-smi reports them: one type for doctor, preflight and serve."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+QUERY = "--query-gpu=name,compute_cap,driver_version"
+
+
+# Compute capability by card name, for drivers too old to answer the compute_cap field.
+NAME_TO_CAP = (
+    (re.compile(r"P100", re.I), 60),
+    (re.compile(r"\bP40\b|\bP4\b|\bP6\b|GTX 10\d0|TITAN Xp|TITAN X \(Pascal\)|Quadro P\d", re.I), 61),
+    (re.compile(r"V100|TITAN V|GV100|CMP 100-210", re.I), 70),
+)
+
+
+@dataclass
+class Gpu:
+    index: int
+    name: str
+    arch: int | None  # 61 for compute capability 6.1
+    driver: str
+    env: str | None = None
+
+    @property
+    def capability(self) -> str:
+        return f"{self.arch // 10}.{self.arch % 10}" if self.arch is not None else "unknown"
+
+    def __str__(self) -> str:
+        return f"GPU {self.index} ({self.name}, compute capability {self.capability})"
+
+
+def find_nvidia_smi() -> str | None:
+    explicit = os.environ.get("STACKFORGE_NVIDIA_SMI")
+    if explicit is not None:
+        return explicit if os.access(explicit, os.X_OK) and Path(explicit).is_file() else None
+    return shutil.which("nvidia-smi")
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text))
+
+
+def parse_capability(text: str) -> int | None:
+    match = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", text)
+    return int(match.group(1)) * 10 + int(match.group(2)) if match else None
+
+
+def capability_from_name(name: str) -> int | None:
+    return next((cap for pattern, cap in NAME_TO_CAP if pattern.search(name)), None)
+
+
+def parse_smi_csv(text: str, with_cap: bool = True) -> list[Gpu]:
+    """Rows of `name, compute_cap, driver_version` (or `name, driver_version` for old drivers)."""
+    gpus = []
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if not line.strip() or len(fields) != (3 if with_cap else 2):
+            continue
+        name, driver = fields[0], fields[-1]
+        arch = parse_capability(fields[1]) if with_cap else capability_from_name(name)
+        gpus.append(Gpu(index=len(gpus), name=name, arch=arch, driver=driver))
+    return gpus
+
+
+def _smi(smi: str, query: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([smi, query, "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
