@@ -45,6 +45,7 @@ from stackforge.build.repack import (
     sha256_file,
 )
 from stackforge.core.console import Failure, UsageError, err
+from stackforge.core.files import atomic_write
 from stackforge.core.workspace import Workspace
 from stackforge.spec.envs import GpuEnv
 
@@ -206,9 +207,7 @@ def _write_record(ws: Workspace, env: GpuEnv, item: PlanItem, final: Path) -> No
         "key": item.key,
         "components": item.components,
     }
-    tmp = folder / f".{item.name}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, folder / f"{item.name}.json")
+    atomic_write(folder / f"{item.name}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 # --- running the plan ------------------------------------------------------------------------

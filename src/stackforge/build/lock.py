@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from stackforge.build import plan as plan_
-from stackforge.build.repack import sha256_file
 from stackforge.core.console import Failure
+from stackforge.core.files import atomic_write, sha256_file
 from stackforge.core.workspace import Workspace
 from stackforge.sources.checkouts import series_digest, series_files
 from stackforge.sources.state import source_state
@@ -73,9 +73,7 @@ def write_lock(ws: Workspace) -> tuple[Path, dict]:
             hint="run `stackforge clone-all` first",
         )
     path = lock_path(ws)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(state))
-    tmp.replace(path)
+    atomic_write(path, render(state))
     return path, state
 
 

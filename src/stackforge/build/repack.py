@@ -21,7 +21,6 @@ recompresses with fixed settings, so identical inputs give identical bytes.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -49,14 +48,6 @@ _INDEX_TIMESTAMP = re.compile(r'("timestamp":\s*)\d+')
 
 def zstd_version() -> str:
     return ".".join(str(part) for part in zstandard.ZSTD_VERSION)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def iso_utc(epoch: int) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from stackforge.core.console import Failure, err, info
+from stackforge.core.files import atomic_write
 from stackforge.core.git import HERMETIC, Git
 from stackforge.core.workspace import Workspace
 from stackforge.spec.manifest import Manifest, Source
@@ -72,10 +73,7 @@ def read_state(dest: Path) -> State | None:
 
 
 def write_state(dest: Path, state: State) -> None:
-    path = _state_path(dest)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(_state_path(dest), json.dumps(asdict(state), indent=2, sort_keys=True) + "\n")
 
 
 # --- results ---------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import zstandard
 
 from stackforge.build.builder import build_package
 from stackforge.build.plan import build_root, make_plan
-from stackforge.build.repack import sha256_file
 from stackforge.core.console import Failure, err
+from stackforge.core.files import sha256_file
 from stackforge.core.workspace import Workspace
 from stackforge.spec.envs import GpuEnv
 

@@ -45,6 +45,7 @@ from urllib.parse import urljoin
 from filelock import FileLock
 
 from stackforge.core.console import Failure, UsageError
+from stackforge.core.files import atomic_write
 
 # A PEP 691 simple index; STACKFORGE_PYPI_INDEX points at a mirror (or a local test server).
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -349,7 +350,7 @@ def _wheel_index(
             "sha256": wheel.sha256,
             "entries": {n: [e.offset, e.compressed, e.size, e.method, e.crc] for n, e in entries.items()},
         }
-        _atomic_write(where, json.dumps(meta, sort_keys=True).encode())
+        atomic_write(where, json.dumps(meta, sort_keys=True).encode())
     return folder, meta
 
 
@@ -374,7 +375,7 @@ def wheel_member(
             hint="wheels ship Python files and binaries, not C++ sources; check the path",
         )
     data = read_zip_member(meta["url"], member, ZipEntry(*meta["entries"][member]))
-    _atomic_write(cached, data)  # concurrent writers write the same bytes; os.replace is atomic
+    atomic_write(cached, data)  # concurrent writers write the same bytes; os.replace is atomic
     return data
 
 
@@ -383,14 +384,6 @@ def wheel_members(
 ) -> list[str]:
     """Names of every member of the wheel that `wheel_member` reads from."""
     return sorted(_wheel_index(project, version, python_tag, platform_tag_contains)[1]["entries"])
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 # --- repo paths <-> wheel paths, and what a series touches -------------------------------------
