@@ -42,10 +42,9 @@ from stackforge.build.plan import (
 from stackforge.build.repack import (
     normalize_package,
     path_replacements,
-    sha256_file,
 )
 from stackforge.core.console import Failure, UsageError, err
-from stackforge.core.files import atomic_write
+from stackforge.core.files import atomic_write, sha256_file
 from stackforge.core.workspace import Workspace
 from stackforge.spec.envs import GpuEnv
 
