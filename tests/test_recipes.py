@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, SCHEMAS
 
-from stackforge.build.builder import recipes
+from stackforge.build import recipes
 from stackforge.build.plan import consumed_sources
 from stackforge.core.workspace import Workspace
 from stackforge.demo import ministack

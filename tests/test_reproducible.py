@@ -17,7 +17,8 @@ import pytest
 import zstandard
 from minihelpers import MiniWs, build_root, built, built_template, make_mini, mini, session_build_root  # noqa: F401
 
-from stackforge.build.repack import compare_packages, normalize_package, path_replacements
+from stackforge.build.repack import normalize_package, path_replacements
+from stackforge.verify.reproducible import compare_packages
 
 
 def _sha(path: Path) -> str:
