@@ -17,7 +17,8 @@ def test_real_environments():
     pascal, volta = load_env(WS, "pascal"), load_env(WS, "volta")
     assert pascal.archs == (60, 61) and pascal.torch_cuda_arch_list == "6.0;6.1"
     assert volta.archs == (70,) and volta.cuda_version == "12.9"
-    assert pascal.smem_limit == volta.smem_limit == 49152
+    assert pascal.smem_per_block == volta.smem_per_block == 49152
+    assert (pascal.smem_per_block_optin, volta.smem_per_block_optin) == (49152, 98304)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stackforge.core.console import Failure
+from stackforge.cuda.caps import ptx_runs_on, sass_runs_on
 
 # Section names that hold device code in a host ELF (executable fatbins; relocatable ones in .o/.a).
 DEVICE_SECTIONS = (b".nv_fatbin", b"__nv_relfatbin", b".nvFatBinSegment")
@@ -37,9 +38,7 @@ class Sass:
 
     def runs_on(self, gpu: int) -> bool:
         """SASS runs on its own arch, and on newer minors of the same major unless arch-specific."""
-        if self.suffix:
-            return gpu == self.arch
-        return gpu // 10 == self.arch // 10 and gpu >= self.arch
+        return sass_runs_on(self.arch, gpu, arch_specific=bool(self.suffix))
 
     def __str__(self) -> str:
         return f"sm_{self.arch}{self.suffix}"
@@ -77,7 +76,7 @@ class Embedded:
         fitting = sorted((s for s in self.sass if s.runs_on(arch)), key=lambda s: -s.arch)
         if fitting:
             return Coverage(arch, "sass", str(fitting[0]))
-        jit = sorted((p for p in self.ptx if p <= arch), reverse=True)
+        jit = sorted((p for p in self.ptx if ptx_runs_on(p, arch)), reverse=True)
         if jit:
             return Coverage(arch, "ptx", f"compute_{jit[0]}")
         return Coverage(arch, "missing")
@@ -205,7 +204,3 @@ def list_embedded(cuobjdump: Path, path: Path) -> Embedded:
     found.sass.sort(key=lambda s: (s.arch, s.suffix))
     found.ptx.sort()
     return found
-
-
-def arch_label(arch: int) -> str:
-    return f"sm_{arch}"

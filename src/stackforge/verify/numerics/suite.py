@@ -212,9 +212,9 @@ class SharedMemoryOver(Exception):
 def smem_limit(arch: int) -> int:
     """Shared memory per block a Triton kernel may use: Triton's driver opts into the maximum
     (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) and refuses kernels above it."""
-    from stackforge.spec.envs import ARCH_FACTS
+    from stackforge.cuda.caps import CAPABILITIES
 
-    return ARCH_FACTS[arch].smem_per_block_optin
+    return CAPABILITIES[arch].smem_per_block_optin
 
 
 def guard_shared_memory() -> None:
@@ -222,7 +222,7 @@ def guard_shared_memory() -> None:
     OutOfResources at load time): ptxas takes minutes on the big unrolled FMA kernels."""
     from triton.backends.nvidia.compiler import CUDABackend
 
-    from stackforge.spec.envs import ARCH_FACTS
+    from stackforge.cuda.caps import CAPABILITIES
 
     original = CUDABackend.make_cubin
     if getattr(original, "stackforge_guard", False):
@@ -230,7 +230,7 @@ def guard_shared_memory() -> None:
 
     def make_cubin(self: Any, src: str, metadata: dict, opt: Any, capability: int) -> bytes:
         needed = metadata.get("shared", 0)
-        if capability in ARCH_FACTS and needed > smem_limit(capability):
+        if capability in CAPABILITIES and needed > smem_limit(capability):
             raise SharedMemoryOver(needed, smem_limit(capability))
         return original(self, src, metadata, opt, capability)
 
