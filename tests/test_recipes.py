@@ -6,7 +6,9 @@ agreement with git-repos.txt. The real packages cannot be built here (no conda-f
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,12 @@ import yaml
 from conftest import REPO_ROOT, SCHEMAS
 
 from stackforge.build import recipes
-from stackforge.build.plan import consumed_sources
+from stackforge.build.plan import consumed_sources, source_env
 from stackforge.core.workspace import Workspace
 from stackforge.demo import ministack
+from stackforge.spec.envs import load_env
 from stackforge.spec.manifest import load_manifest
+from stackforge.spec.stack import stack_context
 
 WS = Workspace(REPO_ROOT)
 REAL = sorted(p.name for p in recipes.recipe_folders(WS))
@@ -57,7 +61,7 @@ def test_miniature_recipes_validate_against_schema(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("env", "tag"), [("pascal", "cuda129_sm60_61"), ("volta", "cuda129_sm70")])
 def test_real_recipes_render_for_each_environment(env: str, tag: str) -> None:
-    found = recipes.discover(WS, WS.variants / f"{env}.yaml")
+    found = recipes.discover(WS, load_env(WS, env))
     assert recipes.build_order(found) == ["triton-llvm", "triton", "pytorch", "vllm"]
     for recipe in found.values():
         assert recipe.build_string == f"{tag}_h{recipes.PLACEHOLDER_HASH}_0", recipe.name
@@ -72,7 +76,7 @@ def test_real_recipes_render_for_each_environment(env: str, tag: str) -> None:
 def test_exact_pins_where_the_abi_demands() -> None:
     import rattler_build as rb
 
-    ctx = recipes.placeholder_context(REAL)
+    ctx = recipes.placeholder_context(REAL, stack_context(WS), load_env(WS, "pascal"))
     ctx.update(pytorch_version="2.9.1", pytorch_build="cuda129_sm60_61_h1a2b3c4d_0", triton_version="3.5.1")
     ctx.update(triton_llvm_version="3.5.1", triton_llvm_build="cuda129_sm60_61_h99999999_0")
     variant = rb.VariantConfig.from_file(WS.variants / "pascal.yaml")
@@ -93,7 +97,7 @@ def test_exact_pins_where_the_abi_demands() -> None:
 
 def test_recipes_copy_exactly_the_sources_git_repos_gives_them() -> None:
     manifest = load_manifest(WS.manifest)
-    found = recipes.discover(WS, WS.variants / "pascal.yaml")
+    found = recipes.discover(WS, load_env(WS, "pascal"))
     consumed = {name: {s.name for s in consumed_sources(r, manifest)} for name, r in found.items()}
     assert consumed == {
         "triton-llvm": {"llvm-project"},
@@ -104,18 +108,35 @@ def test_recipes_copy_exactly_the_sources_git_repos_gives_them() -> None:
     assert {s.name for s in manifest.sources} == set().union(*consumed.values())
 
 
-def test_each_source_env_var_is_exported_where_git_repos_says() -> None:
-    """git-repos.txt `env=VAR subdir=PATH` means: the consumer's build gets sources/<name>/PATH
-    as $VAR; rattler-build copies each source to $SRC_DIR/<name> (target_directory)."""
+def test_each_source_env_var_is_exported_where_git_repos_says(tmp_path: Path) -> None:
+    """git-repos.txt `env=VAR subdir=PATH` means: the consumer's build gets sources/<name>/PATH as
+    $VAR. The engine hands the pairs to the recipe (stackforge_source_env), and the shared
+    preamble, run here by bash as the build runs it, exports them under $SRC_DIR."""
     manifest = load_manifest(WS.manifest)
-    for src in manifest.sources:
-        recipe = yaml.safe_load((WS.recipes / src.consumer / "recipe.yaml").read_text())
+    preamble = WS.recipes / "common" / "preamble.sh"
+    for consumer in sorted({s.consumer for s in manifest.sources}):
+        recipe = yaml.safe_load((WS.recipes / consumer / "recipe.yaml").read_text())
         targets = {Path(e["path"]).name: e.get("target_directory") for e in recipe["source"]}
-        assert targets[src.name] == src.name, f"{src.consumer}: sources/{src.name} not at $SRC_DIR/{src.name}"
-        if src.env:
-            script = (WS.recipes / src.consumer / "build.sh").read_text()
-            where = f"$SRC_DIR/{src.name}" + (f"/{src.subdir}" if src.subdir else "")
-            assert f'export {src.env}="{where}"' in script, f"{src.consumer}/build.sh must export {src.env}"
+        sources = [s for s in manifest.sources if s.consumer == consumer]
+        for src in sources:
+            assert targets[src.name] == src.name, f"{consumer}: sources/{src.name} not at $SRC_DIR/{src.name}"
+        assert recipe["build"]["script"]["env"]["STACKFORGE_SOURCE_ENV"] == "${{ stackforge_source_env }}"
+        wanted = {
+            s.env: f"{tmp_path}/{s.name}" + (f"/{s.subdir}" if s.subdir else "") for s in sources if s.env
+        }
+        names = " ".join(wanted)
+        shown = subprocess.run(
+            ["bash", "-c", f'. "{preamble}" 2>/dev/null; for v in {names}; do echo "$v=${{!v}}"; done'],
+            env={
+                "PATH": os.environ["PATH"],
+                "SRC_DIR": str(tmp_path),
+                "STACKFORGE_SOURCE_ENV": source_env(sources),
+            },
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert shown == [f"{var}={path}" for var, path in wanted.items()], consumer
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -123,15 +144,18 @@ def test_build_scripts_keep_settings_out_of_the_package(name: str) -> None:
     script = (WS.recipes / name / "build.sh").read_text()
     recipe = yaml.safe_load((WS.recipes / name / "recipe.yaml").read_text())
     assert recipe["build"]["script"]["secrets"] == ["STACKFORGE_BUILD_ENV"]
-    # the secret is read with xtrace off (it may hold remote compile-cache credentials)
-    assert re.search(r'\{ set \+x; \} 2>/dev/null\neval "\$\{STACKFORGE_BUILD_ENV:-\}"\nset -x', script)
+    # lint (reads shell text): the shared preamble comes first, and it reads the secret with xtrace
+    # off (it may hold remote compile-cache credentials)
+    assert '. "$RECIPE_DIR/../common/preamble.sh"' in script.split("\n\n")[1]
+    preamble = (WS.recipes / "common" / "preamble.sh").read_text()
+    assert re.search(r'\{ set \+x; \} 2>/dev/null\neval "\$\{STACKFORGE_BUILD_ENV:-\}"\nset -x', preamble)
     assert recipe["build"]["script"]["env"]["SOURCE_DATE_EPOCH"] == "${{ stackforge_source_date_epoch }}"
     for source in recipe["source"]:
         assert source["filter"]["exclude"] == [".git", "**/.git"] and source["use_gitignore"] is False
 
 
 def test_every_export_in_the_build_scripts_says_why() -> None:
-    """conda-forge style: each flag has its reason on its line, or heads a block of exports whose
+    """Lint (reads shell text). conda-forge style: each flag has its reason on its line, or heads a block of exports whose
     comment says why (the line above the block)."""
     for name in REAL:
         lines = (WS.recipes / name / "build.sh").read_text().splitlines()

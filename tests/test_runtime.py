@@ -204,8 +204,6 @@ def test_deprecated_attention_variable_is_left_alone():
 
 def test_settings_these_gpus_cannot_run_are_refused():
     for args in (
-        ["--dtype", "bfloat16"],
-        ["--dtype=bf16"],
         ["--kv-cache-dtype", "fp8"],
         ["--kv-cache-dtype=fp8_e4m3"],
         ["--kv-cache-dtype", "fp8_e5m2"],  # TRITON_ATTN stores it as e4m3 too (patches/vllm/0005)
@@ -214,6 +212,14 @@ def test_settings_these_gpus_cannot_run_are_refused():
             vllm_args.refuse_unsupported(args)
         assert exc.value.hint
     vllm_args.refuse_unsupported(["--kv-cache-dtype", "auto", "--dtype", "float16"])
+
+
+def test_bfloat16_is_run_in_float16_with_a_warning(capsys: pytest.CaptureFixture[str]):
+    """One behaviour for serve and generate: the one vLLM has with patches/vllm/0004 (bf16 below
+    compute capability 8.0 runs in float16 with a warning), said before vLLM starts."""
+    for args in (["--dtype", "bfloat16"], ["--dtype=bf16"]):
+        vllm_args.refuse_unsupported(args)
+        assert "vLLM will run the model in float16" in capsys.readouterr().err
 
 
 def test_hf_token_argument_becomes_a_variable():

@@ -1,12 +1,9 @@
 #!/bin/bash
-# PyTorch 2.9.1 for Pascal/Volta with CUDA 12.9, from sources/pytorch and its submodules.
+# PyTorch (stack.yaml) for Pascal/Volta with CUDA 12.9, from sources/pytorch and its submodules.
 set -euo pipefail
 
-# Build-machine settings from `stackforge build` (MAX_JOBS, compiler cache): a rattler-build
-# secret, so they reach the build without entering the package; xtrace off while they are read.
-{ set +x; } 2>/dev/null
-eval "${STACKFORGE_BUILD_ENV:-}"
-set -x
+# build-machine settings, git-repos.txt env= checkouts, -ffile-prefix-map (recipes/common/)
+. "$RECIPE_DIR/../common/preamble.sh"
 
 cd "$SRC_DIR/pytorch"
 
@@ -46,8 +43,5 @@ export CMAKE_PREFIX_PATH="$PREFIX"     # find host libraries (MKL, cuDNN, NCCL) 
 export _GLIBCXX_USE_CXX11_ABI=1        # the C++11 ABI, as PyTorch 2.9 wheels: vLLM's _C must match
 # MAX_JOBS comes from stackforge (free memory / extra.stackforge.gib_per_job); setup.py reads it
 export MAX_JOBS="${MAX_JOBS:-1}"
-# same paths in every build (the build root is fixed; __FILE__ strings stay relative)
-export CFLAGS="${CFLAGS:-} -ffile-prefix-map=$SRC_DIR=."
-export CXXFLAGS="${CXXFLAGS:-} -ffile-prefix-map=$SRC_DIR=."
 
 "$PYTHON" -m pip install . --no-deps --no-build-isolation -vv

@@ -3,14 +3,10 @@
 # conda-forge llvm package in the same host environment.
 set -euo pipefail
 
-# Build-machine settings from `stackforge build` (MAX_JOBS, compiler cache): a rattler-build
-# secret, so they reach the build without entering the package; xtrace off while they are read.
-{ set +x; } 2>/dev/null
-eval "${STACKFORGE_BUILD_ENV:-}"
-set -x
+# build-machine settings, git-repos.txt env= checkouts, -ffile-prefix-map (recipes/common/)
+. "$RECIPE_DIR/../common/preamble.sh"
 
-# git-repos.txt: llvm-project env=LLVM_SOURCE_DIR
-export LLVM_SOURCE_DIR="$SRC_DIR/llvm-project"
+# LLVM_SOURCE_DIR: exported by the preamble (git-repos.txt llvm-project env=LLVM_SOURCE_DIR)
 INSTALL="$PREFIX/lib/triton-llvm"
 
 cmake_args=(
@@ -44,8 +40,8 @@ cmake_args=(
   # each LLVM link takes several GiB: link two at a time whatever MAX_JOBS is
   -DLLVM_PARALLEL_LINK_JOBS=2
   # same paths in every build: the build root is fixed, and __FILE__ strings stay relative
-  -DCMAKE_C_FLAGS="${CFLAGS:-} -ffile-prefix-map=$SRC_DIR=."
-  -DCMAKE_CXX_FLAGS="${CXXFLAGS:-} -ffile-prefix-map=$SRC_DIR=."
+  -DCMAKE_C_FLAGS="$CFLAGS"  # -ffile-prefix-map from the preamble
+  -DCMAKE_CXX_FLAGS="$CXXFLAGS"
 )
 cmake "${cmake_args[@]}"
 cmake --build build --parallel "${MAX_JOBS:-1}"

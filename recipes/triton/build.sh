@@ -1,12 +1,9 @@
 #!/bin/bash
-# Triton 3.5.1, offline, against the triton-llvm package in the host environment.
+# Triton (stack.yaml), offline, against the triton-llvm package in the host environment.
 set -euo pipefail
 
-# Build-machine settings from `stackforge build` (MAX_JOBS, compiler cache): a rattler-build
-# secret, so they reach the build without entering the package; xtrace off while they are read.
-{ set +x; } 2>/dev/null
-eval "${STACKFORGE_BUILD_ENV:-}"
-set -x
+# build-machine settings, git-repos.txt env= checkouts, -ffile-prefix-map (recipes/common/)
+. "$RECIPE_DIR/../common/preamble.sh"
 
 cd "$SRC_DIR/triton"
 
@@ -29,11 +26,8 @@ export TRITON_CUDART_PATH="$PREFIX"
 export TRITON_BUILD_PROTON=OFF   # the profiler needs CUPTI and nothing in PyTorch/vLLM uses it
 export TRITON_BUILD_UT=OFF       # C++ unit tests fetch googletest from the network
 export TRITON_PARALLEL_LINK_JOBS=2  # each link of libtriton.so pulls in LLVM: a few GiB each
-# Version without a +git suffix: the source is a copy without .git; PyTorch pins triton==3.5.1
+# Version without a +git suffix: the source is a copy without .git; PyTorch pins triton==X.Y.Z exactly
 export TRITON_WHEEL_VERSION_SUFFIX=""
-# same paths in every build (the build root is fixed; __FILE__ strings stay relative)
-export CFLAGS="${CFLAGS:-} -ffile-prefix-map=$SRC_DIR=."
-export CXXFLAGS="${CXXFLAGS:-} -ffile-prefix-map=$SRC_DIR=."
 
 # setup.py moved from python/ to the repository root during 3.x: use whichever this tree has
 if [[ -f setup.py ]]; then pkg_dir=.; else pkg_dir=python; fi

@@ -101,6 +101,8 @@ def _render_for_build(ws: Workspace, plan: Plan, item: PlanItem) -> object:
 
     ctx = plan.context()
     ctx["stackforge_input_hash"] = item.key[:8]
+    ctx["stackforge_build_string"] = item.build_string
+    ctx["stackforge_source_env"] = item.source_env
     ctx["stackforge_source_date_epoch"] = item.epoch
     stage0 = rb.Stage0Recipe.from_file(item.recipe.file)
     variant = stage0.render(
@@ -110,8 +112,7 @@ def _render_for_build(ws: Workspace, plan: Plan, item: PlanItem) -> object:
     if rendered != item.build_string:
         raise UsageError(
             f"{item.recipe.file}: renders build string {rendered!r}, stackforge expects {item.build_string!r}",
-            hint="use `string: cuda${{ cuda_tag }}_sm${{ sm_tag }}_h${{ stackforge_input_hash }}_${{ build_number }}` "
-            "(see docs/building.md)",
+            hint="use `build: string: ${{ stackforge_build_string }}` (see docs/building.md)",
         )
     return variant
 

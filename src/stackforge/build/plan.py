@@ -30,8 +30,9 @@ from stackforge.core.workspace import Workspace
 from stackforge.sources.state import SourceState, source_state
 from stackforge.spec.envs import GpuEnv
 from stackforge.spec.manifest import Manifest, Source, load_manifest
+from stackforge.spec.stack import stack_context
 
-KEY_FORMAT = "stackforge-key-1"
+KEY_FORMAT = "stackforge-key-2"  # 2: keys cover recipes/common/ and git-repos.txt env=/subdir=
 DEFAULT_BUILD_ROOT = "/var/tmp/stackforge-build"
 
 
@@ -120,6 +121,7 @@ class PlanItem:
     reason: str = ""
     file: str = ""  # file name in output/<subdir>/
     epoch: int = 0
+    source_env: str = ""  # recipes' stackforge_source_env
     components: dict = field(default_factory=dict)
     deps: tuple[str, ...] = ()
 
@@ -144,13 +146,14 @@ class Plan:
     env: GpuEnv
     items: list[PlanItem]
     recipes: dict[str, Recipe]
+    stack: dict[str, str] = field(default_factory=dict)  # the recipes' stack_* variables
 
     def item(self, name: str) -> PlanItem:
         return next(i for i in self.items if i.name == name)
 
     def context(self) -> dict[str, str | int]:
         """Jinja context with every stack package's real version and build string."""
-        ctx = recipes.placeholder_context(list(self.recipes))
+        ctx = recipes.placeholder_context(list(self.recipes), self.stack, self.env)
         for i in self.items:
             if i.key:
                 ctx[f"{recipes.ident(i.name)}_version"] = i.version
@@ -203,10 +206,16 @@ def _why(components: dict, record: dict | None, env: GpuEnv) -> str:
     return "; ".join(reasons)
 
 
+def source_env(sources: list[Source]) -> str:
+    """git-repos.txt `env=`/`subdir=` of a package's sources as `VAR=dir ...`, dirs relative to
+    $SRC_DIR: each checkout is copied in under its name (`target_directory: <name>`)."""
+    return " ".join(f"{s.env}={'/'.join(p for p in (s.name, s.subdir) if p)}" for s in sources if s.env)
+
+
 def make_plan(ws: Workspace, env: GpuEnv, names: list[str] | None = None) -> Plan:
     """Keys and verdicts for the stack (or the named packages and what their keys need)."""
     manifest = load_manifest(ws.manifest)
-    found = recipes.discover(ws, env.variant_file)
+    found = recipes.discover(ws, env)
     order = recipes.build_order(found)
     wanted = set(order)
     if names:
@@ -247,10 +256,12 @@ def make_plan(ws: Workspace, env: GpuEnv, names: list[str] | None = None) -> Pla
             "recipe": recipes.recipe_files_digest(recipe.folder),
             "variant": variant,
             "sources": {s.name: states[s.name].tree for s in sources},
+            "source_env": source_env(sources),
             "deps": {d: items[d].key for d in deps},
             "tools": tools,
         }
         item.key = _key(item.components)
+        item.source_env = item.components["source_env"]
         item.epoch = max((states[s.name].epoch for s in sources), default=0)
         item.build_string = expected_build_string(env, item.key, recipe.build_number)
         existing = channel.find(ws.output, item.subdir, name, item.version, item.build_string)
@@ -258,7 +269,7 @@ def make_plan(ws: Workspace, env: GpuEnv, names: list[str] | None = None) -> Pla
             item.status, item.reason, item.file = "cached", "already in output/", existing.name
         else:
             item.status, item.reason = "build", _why(item.components, _last_record(ws, env, name), env)
-    return Plan(env, list(items.values()), found)
+    return Plan(env, list(items.values()), found, stack_context(ws))
 
 
 def print_plan(plan: Plan) -> None:

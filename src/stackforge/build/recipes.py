@@ -7,10 +7,20 @@ the package name and version, its build/host/run requirements, the build string,
 `sources/<name>` checkouts the recipe copies in (`source: - path: ../../sources/<name>`).
 
 Context stackforge passes to every recipe (rattler-build `extra_context`):
-  stackforge_input_hash          first 8 hex digits of the package's cache key (build string)
+  stack_<pkg>                    the stack's version of each package (stack.yaml; `-` -> `_`)
+  stackforge_build_tag           the environment's build-string prefix, `cuda129_sm60_61` (pins)
+  stackforge_build_string        the whole build string: `build: string: ${{ stackforge_build_string }}`
+                                 (`cuda129_sm60_61_h1a2b3c4d_0`: GpuEnv.build_tag, key, build number)
+  stackforge_source_env          `VAR=dir ...` from git-repos.txt env=/subdir= of the package's
+                                 sources, dirs relative to $SRC_DIR; recipes/common/preamble.sh
+                                 exports them
+  stackforge_input_hash          first 8 hex digits of the package's cache key
   stackforge_source_date_epoch   commit time of the package's newest patched source
   <pkg>_version, <pkg>_build     version and build string of every stack package (`-` -> `_`),
                                  for exact pins: `torch[version="==${{ pytorch_version }}", ...]`
+
+`recipes/common/` holds what every build script shares (sourced as $RECIPE_DIR/../common/...):
+it is part of every package's key.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ import yaml
 
 from stackforge.core.console import UsageError
 from stackforge.core.workspace import Workspace
+from stackforge.spec.envs import GpuEnv
+from stackforge.spec.stack import stack_context
 
 PLACEHOLDER_HASH = "00000000"
 PLACEHOLDER_BUILD = "unknown"
@@ -57,6 +69,9 @@ def ident(package: str) -> str:
     return package.replace("-", "_").replace(".", "_")
 
 
+COMMON = "common"  # recipes/common/: shared by every recipe, not a package
+
+
 def recipe_folders(ws: Workspace) -> list[Path]:
     if not ws.recipes.is_dir():
         return []
@@ -64,10 +79,12 @@ def recipe_folders(ws: Workspace) -> list[Path]:
 
 
 def recipe_files_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file of a recipe folder (recipe.yaml, build.sh, patches...), by relative path."""
+    """sha256 of every file of a recipe folder (recipe.yaml, build.sh, patches...) and of
+    recipes/common/, which its build script sources, by path relative to recipes/."""
+    files = [*sorted(folder.rglob("*")), *sorted((folder.parent / COMMON).rglob("*"))]
     return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
+        p.relative_to(folder.parent).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
         if p.is_file() and "__pycache__" not in p.parts
     }
 
@@ -152,31 +169,39 @@ def render(ws: Workspace, folder: Path, variant_file: Path, context: dict[str, s
     )
 
 
-def placeholder_context(package_names: list[str]) -> dict[str, str | int]:
+def placeholder_context(package_names: list[str], stack: dict[str, str], env: GpuEnv) -> dict[str, str | int]:
     """What recipes see before keys are known: enough to learn their names and requirements."""
-    ctx: dict[str, str | int] = {"stackforge_input_hash": PLACEHOLDER_HASH, "stackforge_source_date_epoch": 0}
+    ctx: dict[str, str | int] = {
+        **stack,
+        "stackforge_build_tag": env.build_tag,
+        "stackforge_input_hash": PLACEHOLDER_HASH,
+        "stackforge_build_string": f"{env.build_tag}_h{PLACEHOLDER_HASH}_0",
+        "stackforge_source_env": "",
+        "stackforge_source_date_epoch": 0,
+    }
     for name in package_names:
         ctx[f"{ident(name)}_version"] = "0"
         ctx[f"{ident(name)}_build"] = PLACEHOLDER_BUILD
     return ctx
 
 
-def discover(ws: Workspace, variant_file: Path) -> dict[str, Recipe]:
+def discover(ws: Workspace, env: GpuEnv) -> dict[str, Recipe]:
     """Every recipe of the workspace rendered for one environment, by package name."""
     folders = recipe_folders(ws)
     if not folders:
         raise UsageError(f"no recipes in {ws.recipes}", hint="each package needs recipes/<pkg>/recipe.yaml")
     # Names first (with a context that covers every folder name), then the real render.
-    ctx = placeholder_context([f.name for f in folders])
+    stack = stack_context(ws)
+    ctx = placeholder_context([f.name for f in folders], stack, env)
     found: dict[str, Recipe] = {}
     for folder in folders:
-        recipe = render(ws, folder, variant_file, ctx)
+        recipe = render(ws, folder, env.variant_file, ctx)
         if recipe.name in found:
             raise UsageError(f"{folder}: package {recipe.name!r} is also made by {found[recipe.name].folder}")
         found[recipe.name] = recipe
     if any(name != r.folder.name for name, r in found.items()):
-        ctx = placeholder_context(list(found))
-        found = {r.name: render(ws, r.folder, variant_file, ctx) for r in found.values()}
+        ctx = placeholder_context(list(found), stack, env)
+        found = {r.name: render(ws, r.folder, env.variant_file, ctx) for r in found.values()}
     return found
 
 

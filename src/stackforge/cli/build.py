@@ -10,7 +10,9 @@ from stackforge.core.console import Failure, err, out, print_json
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from stackforge.build.builder import channel, make_plan, print_plan, run_plan
+    from stackforge.build import channel
+    from stackforge.build.builder import run_plan
+    from stackforge.build.plan import make_plan, print_plan
     from stackforge.core.workspace import find_workspace
     from stackforge.spec.envs import load_env
 

@@ -24,6 +24,11 @@ class Workspace:
         return self.root / MANIFEST
 
     @property
+    def stack_file(self) -> Path:
+        """The versions of the stack (spec.stack)."""
+        return self.root / "stack.yaml"
+
+    @property
     def sources(self) -> Path:
         """Checkouts, one folder per upstream (git-ignored)."""
         return self.root / "sources"

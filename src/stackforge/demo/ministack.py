@@ -302,8 +302,6 @@ def _recipe(name: str, summary: str, sources: list[str], requirements: str = "")
 context:
   version: "0.1.0"
   build_number: 0
-  cuda_tag: ${{{{ cuda_compiler_version | replace(".", "") }}}}
-  sm_tag: ${{{{ torch_cuda_arch_list | replace(".", "") | replace(";", "_") }}}}
 
 package:
   name: {name}
@@ -315,7 +313,7 @@ source:
 build:
   number: ${{{{ build_number }}}}
   # what is inside: CUDA version, archs, stackforge's input hash (audits find packages by it)
-  string: cuda${{{{ cuda_tag }}}}_sm${{{{ sm_tag }}}}_h${{{{ stackforge_input_hash }}}}_${{{{ build_number }}}}
+  string: ${{{{ stackforge_build_string }}}}
   script:
     file: build.sh
     secrets:
@@ -338,7 +336,7 @@ _VLLM_REQUIREMENTS = """  host:
     # exact: libminivllm links the ABI of the libminitorch it was built against
     - mini-torch[version="==${{ mini_torch_version }}", build="${{ mini_torch_build }}"]
     # run time only, like vllm on triton: any mini-triton built for the same CUDA and archs
-    - mini-triton[build="cuda${{ cuda_tag }}_sm${{ sm_tag }}_*"]
+    - mini-triton[build="${{ stackforge_build_tag }}_*"]
 """
 
 RECIPES = {

@@ -28,7 +28,7 @@ from stackforge.spec.envs import env_for_capability, load_env
 from stackforge.spec.manifest import load_manifest
 
 # R580 is the last driver branch that supports Maxwell, Pascal and Volta (NVIDIA's CUDA 13.0 and
-# R580 release notes; FACTS.md). Newer branches drop compute capability < 7.5.
+# R580 release notes). Newer branches drop compute capability < 7.5.
 LAST_BRANCH_FOR_OLD_GPUS = 580
 OLD_GPU_LIMIT = 75  # compute capability below which the R580 limit applies
 

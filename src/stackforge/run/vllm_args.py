@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stackforge.core.console import UsageError
+from stackforge.core.console import UsageError, warn
 from stackforge.spec.envs import GpuEnv
 
 
@@ -146,12 +146,15 @@ def _spellings(d: Default) -> tuple[str, ...]:
 
 
 def refuse_unsupported(args: Sequence[str]) -> None:
-    """Settings these GPUs cannot run, refused before vLLM starts (FACTS.md)."""
+    """Settings these GPUs cannot run, refused before vLLM starts.
+
+    `--dtype bfloat16` is not among them: Pascal and Volta have no bf16 (compute capability below
+    8.0), and patches/vllm/0004 makes vLLM run such a request in float16 with one warning, as its
+    own `auto` does. The rule lives in vLLM; here we only say so early, for `serve` and `generate`
+    alike."""
     values = _flag_values(args)
     if values.get("dtype", "").lower() in ("bfloat16", "bf16"):
-        raise UsageError(
-            "--dtype bfloat16: Pascal and Volta have no bf16", hint="use --dtype float16 (the default)"
-        )
+        warn("--dtype bfloat16: Pascal and Volta have no bf16; vLLM will run the model in float16")
     if values.get("kv-cache-dtype", "").lower().startswith("fp8"):
         # vLLM's TRITON_ATTN stores every fp8 cache (e5m2 included) as float8_e4m3fn, which
         # Triton refuses below sm_89 (patches/vllm/0005 makes vLLM itself say so too).

@@ -1,0 +1,72 @@
+"""The stack as data: which releases of vLLM, PyTorch and Triton the workspace builds (`stack.yaml`).
+
+Nothing in code names a version: recipes get them as `${{ stack_<pkg> }}`, and doctor, preflight
+and the upstream proofs read them from here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from stackforge.core.console import UsageError
+from stackforge.core.workspace import Workspace
+
+# conda package name -> the Python distribution it installs (importlib.metadata, PyPI)
+DISTRIBUTIONS = {"pytorch": "torch", "triton": "triton", "vllm": "vllm"}
+_VERSION = re.compile(r"\d+(\.\d+)*([a-z]+\d*)?(\.post\d+)?")
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    versions: dict[str, str]  # conda package name -> version
+    path: Path
+
+    def version(self, package: str) -> str:
+        try:
+            return self.versions[package]
+        except KeyError:
+            raise UsageError(
+                f"{self.path}: no version for {package!r}", hint=f'add `{package}: "X.Y.Z"` under packages:'
+            ) from None
+
+    def context(self) -> dict[str, str]:
+        """What recipes see: `stack_vllm`, `stack_pytorch`, `stack_triton` ..."""
+        return {f"stack_{name.replace('-', '_')}": version for name, version in self.versions.items()}
+
+    def distributions(self) -> dict[str, str]:
+        """Python distribution name -> version: what an installed environment should report."""
+        return {DISTRIBUTIONS.get(n, n): v for n, v in self.versions.items()}
+
+
+def load_stack(ws: Workspace) -> Stack:
+    path = ws.stack_file
+    if not path.is_file():
+        raise UsageError(
+            f"{path}: no stack file", hint="a workspace names its stack in stack.yaml (see README)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+    packages = data.get("packages") if isinstance(data, dict) else None
+    if not isinstance(packages, dict) or not packages:
+        raise UsageError(f"{path}: needs a `packages:` mapping of package name to version")
+    versions = {}
+    for name, version in packages.items():
+        if not isinstance(version, str) or not _VERSION.fullmatch(version):
+            raise UsageError(
+                f"{path}: {name}: version {version!r} is not a quoted version string",
+                hint='e.g. vllm: "0.14.0"',
+            )
+        versions[str(name)] = version
+    return Stack(name=str(data.get("name") or path.parent.name), versions=versions, path=path)
+
+
+def stack_context(ws: Workspace) -> dict[str, str]:
+    """The recipes' `stack_*` variables; none for a workspace without a stack file (the demo)."""
+    return load_stack(ws).context() if ws.stack_file.is_file() else {}
