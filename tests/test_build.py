@@ -116,7 +116,7 @@ def test_recipe_and_variant_changes_invalidate(built: MiniWs) -> None:
     script = built.root / "recipes" / "mini-torch" / "build.sh"
     script.write_text(script.read_text() + "# a comment is a change of the recipe\n")
     plan = built.plan()
-    assert plan.item("mini-torch").reason == "recipe changed (build.sh)"
+    assert plan.item("mini-torch").reason == "recipe changed (mini-torch/build.sh)"
     assert plan.item("mini-vllm").status == "build"
     variant = built.root / "recipes" / "variants" / "pascal.yaml"
     variant.write_text(variant.read_text() + "# comments do not count\n")
@@ -184,8 +184,9 @@ def test_unwritable_build_root_is_named(
 
 
 def test_build_string_must_follow_the_scheme(mini: MiniWs) -> None:
+    """The engine hands the build string to the recipe; a recipe that writes its own is refused."""
     recipe = mini.root / "recipes" / "mini-torch" / "recipe.yaml"
-    recipe.write_text(recipe.read_text().replace("_h${{ stackforge_input_hash }}", "_x"))
+    recipe.write_text(recipe.read_text().replace("${{ stackforge_build_string }}", "mine_${{ stackforge_input_hash }}"))
     item = mini.plan().item("mini-torch")
     with pytest.raises(UsageError, match="renders build string"):
         from stackforge.build.builder import _render_for_build
