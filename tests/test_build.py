@@ -186,7 +186,9 @@ def test_unwritable_build_root_is_named(
 def test_build_string_must_follow_the_scheme(mini: MiniWs) -> None:
     """The engine hands the build string to the recipe; a recipe that writes its own is refused."""
     recipe = mini.root / "recipes" / "mini-torch" / "recipe.yaml"
-    recipe.write_text(recipe.read_text().replace("${{ stackforge_build_string }}", "mine_${{ stackforge_input_hash }}"))
+    recipe.write_text(
+        recipe.read_text().replace("${{ stackforge_build_string }}", "mine_${{ stackforge_input_hash }}")
+    )
     item = mini.plan().item("mini-torch")
     with pytest.raises(UsageError, match="renders build string"):
         from stackforge.build.builder import _render_for_build

@@ -89,11 +89,11 @@ def task_workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pixi-tasks")
     for item in (
         "git-repos.txt",
+        "stack.yaml",
         "pixi.toml",
         "pyproject.toml",
         "recipes",
         "patches",
-        "scripts",
         "run_simple.sh",
     ):
         src = REPO_ROOT / item

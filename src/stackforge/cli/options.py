@@ -51,5 +51,5 @@ def positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value

@@ -25,7 +25,7 @@ class Gpu:
     index: int
     name: str
     arch: int | None  # 61 for compute capability 6.1
-    driver: str
+    driver: str = ""
     env: str | None = None
 
     @property
