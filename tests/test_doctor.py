@@ -23,6 +23,7 @@ def workspace(tmp_path: Path) -> Path:
     root = tmp_path / "ws"
     shutil.copytree(REPO_ROOT / "recipes" / "variants", root / "recipes" / "variants")
     shutil.copy(REPO_ROOT / "git-repos.txt", root / "git-repos.txt")
+    shutil.copy(REPO_ROOT / "stack.yaml", root / "stack.yaml")
     return root
 
 
@@ -203,5 +204,9 @@ def test_stackforge_torch_on_pascal_is_clean(workspace: Path) -> None:
     assert report.problems == []
 
 
-def test_pins_come_from_git_repos_txt(workspace: Path) -> None:
+def test_pins_come_from_the_stack_file(workspace: Path) -> None:
+    """The versions doctor expects are stack.yaml's (by distribution name), not git-repos.txt's ref=."""
     assert expected_pins(Workspace(workspace)) == {"torch": "2.9.1", "triton": "3.5.1", "vllm": "0.14.0"}
+    (workspace / "stack.yaml").write_text('packages:\n  vllm: "0.33.0"\n  pytorch: "2.14.0"\n')
+    assert expected_pins(Workspace(workspace)) == {"torch": "2.14.0", "vllm": "0.33.0"}
+    assert expected_pins(None) == {}

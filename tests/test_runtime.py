@@ -21,6 +21,7 @@ from stackforge.core.console import Failure, UsageError
 from stackforge.core.workspace import Workspace
 from stackforge.run import preflight, vllm_args
 from stackforge.spec.envs import list_envs, load_env
+from stackforge.spec.stack import load_stack
 
 WS = Workspace(REPO_ROOT)
 RUNTIME_TOML = tomllib.loads((REPO_ROOT / "runtime" / "pixi.toml").read_text())
@@ -57,7 +58,7 @@ def fake_smi(folder: Path, card: str) -> Path:
     return path
 
 
-PINS = dict(preflight.RUNTIME_PACKAGES)
+PINS = load_stack(WS).versions
 
 
 def make_channel(
@@ -88,6 +89,7 @@ def make_channel(
 def make_workspace(root: Path, *, built: tuple[str, ...] = ("pascal", "volta")) -> Workspace:
     root.mkdir(parents=True, exist_ok=True)
     (root / "git-repos.txt").write_text("")
+    shutil.copy(REPO_ROOT / "stack.yaml", root / "stack.yaml")
     shutil.copytree(REPO_ROOT / "recipes" / "variants", root / "recipes" / "variants")
     if built:
         make_channel(root / "output", built)
@@ -248,7 +250,7 @@ def test_build_tags_match_the_build_strings():
 
 def _spec(name: str, table: dict) -> str:
     # bracket form: rattler's strict parser refuses a '.' in a positional build string
-    return f'{name}[version="{table["version"]}",build="{table["build"]}"]'
+    return f'{name}[build="{table["build"]}"]'
 
 
 def test_runtime_manifest_takes_our_packages_from_output_only():
@@ -264,12 +266,8 @@ def test_runtime_manifest_takes_our_packages_from_output_only():
         assert feature["activation"]["env"]["STACKFORGE_ENV"] == env_name
         deps = feature["dependencies"]
         assert set(deps) == set(preflight.RUNTIME_PACKAGES)
-        for name, pin in preflight.RUNTIME_PACKAGES.items():
-            assert deps[name] == {
-                "version": f"{pin}.*",
-                "build": f"{preflight.build_tag(env)}*",
-                "channel": "../output",
-            }
+        for name in preflight.RUNTIME_PACKAGES:  # versions: what output/ holds, built from stack.yaml
+            assert deps[name] == {"build": f"{preflight.build_tag(env)}*", "channel": "../output"}
     assert RUNTIME_TOML["dependencies"]["cuda-version"] == "12.9.*"
     assert {load_env(WS, e).cuda_version for e in list_envs(WS)} == {"12.9"}
 
@@ -340,7 +338,7 @@ def test_built_for_one_environment_only(tmp_path: Path):
     ws = make_workspace(tmp_path / "ws", built=("pascal",))
     found = preflight.check_built(ws, load_env(ws, "pascal"))
     assert [(p.name, p.version, p.build) for p in found] == [
-        (name, pin, "cuda129_sm60_61_h0123abcd_0") for name, pin in PINS.items()
+        (name, PINS[name], "cuda129_sm60_61_h0123abcd_0") for name in preflight.RUNTIME_PACKAGES
     ]
     with pytest.raises(Failure) as exc:
         preflight.check_built(ws, load_env(ws, "volta"))

@@ -25,7 +25,7 @@ from stackforge.core.workspace import Workspace
 from stackforge.cuda.fatbin import Embedded, Sass
 from stackforge.run.gpus import QUERY, Gpu, _smi, find_nvidia_smi, parse_smi_csv, version_tuple
 from stackforge.spec.envs import env_for_capability, load_env
-from stackforge.spec.manifest import load_manifest
+from stackforge.spec.stack import load_stack
 
 # R580 is the last driver branch that supports Maxwell, Pascal and Volta (NVIDIA's CUDA 13.0 and
 # R580 release notes). Newer branches drop compute capability < 7.5.
@@ -40,10 +40,6 @@ OLD_GPU_LIMIT = 75  # compute capability below which the R580 limit applies
 CUDA_MIN_DRIVER = {"12.9": (575, 51, 3)}
 CUDA12_COMPAT_FLOOR = (525, 60, 13)
 
-
-# What the stack pins when git-repos.txt cannot be read (manifest names -> distribution names).
-DEFAULT_PINS = {"torch": "2.9.1", "triton": "3.5.1", "vllm": "0.14.0"}
-MANIFEST_NAMES = {"torch": "pytorch", "triton": "triton", "vllm": "vllm"}
 
 PROBE = r"""
 import importlib.metadata as md, json
@@ -246,17 +242,14 @@ def probe_packages(python: str) -> dict:
 
 
 def expected_pins(ws: Workspace | None) -> dict[str, str]:
-    pins = dict(DEFAULT_PINS)
-    if ws is not None and ws.manifest.is_file():
-        try:
-            sources = {s.name: s for s in load_manifest(ws.manifest).sources}
-        except StackforgeError:
-            return pins
-        for dist, name in MANIFEST_NAMES.items():
-            ref = sources[name].ref if name in sources else None
-            if ref and re.fullmatch(r"v?\d+(\.\d+)*", ref):
-                pins[dist] = ref.lstrip("v")
-    return pins
+    """Distribution name -> the version stack.yaml builds; empty outside a workspace (or with an
+    unreadable stack file, which the build commands report)."""
+    if ws is None or not ws.stack_file.is_file():
+        return {}
+    try:
+        return load_stack(ws).distributions()
+    except StackforgeError:
+        return {}
 
 
 def arch_list_covers(arch_list: list[str], arch: int) -> bool:

@@ -24,9 +24,10 @@ from stackforge.run.doctor import Report, check_driver, pick_envs, query_gpus
 from stackforge.run.gpus import Gpu, find_nvidia_smi
 from stackforge.run.vllm_args import redact
 from stackforge.spec.envs import GpuEnv, env_for_capability, list_envs, load_env
+from stackforge.spec.stack import load_stack
 
-# What the runtime workspace installs from output/ (runtime/pixi.toml pins the same versions).
-RUNTIME_PACKAGES = {"triton": "3.5.1", "pytorch": "2.9.1", "vllm": "0.14.0"}
+# What the runtime workspace installs from output/, at the versions of stack.yaml.
+RUNTIME_PACKAGES = ("triton", "pytorch", "vllm")
 RUNTIME_MANIFEST_DIR = "runtime"
 BUILD_TASK = "build-cuda"
 PLATFORM = "linux-64"
@@ -179,7 +180,9 @@ def check_built(ws: Workspace, env: GpuEnv) -> list[BuiltPackage]:
     tag = build_tag(env)
     found: list[BuiltPackage] = []
     missing: list[str] = []
-    for name, pin in RUNTIME_PACKAGES.items():
+    stack = load_stack(ws)
+    for name in RUNTIME_PACKAGES:
+        pin = stack.version(name)
         ours = [r for r in records if r.name == name and r.build.startswith(tag)]
         good = [r for r in ours if _version_matches(r.version, pin)]
         if good:
