@@ -106,7 +106,7 @@ def find_cuobjdump(prefixes: list[Path] | None = None) -> Path:
     raise Failure(
         f"cuobjdump not found (looked at: {looked}, and PATH)",
         hint="run inside the CUDA environment (pixi run -e pascal ...), set CUDA_HOME, "
-        "or `pip install triton==3.5.1` whose wheel bundles cuobjdump",
+        "or `pip install 'stackforge[audit]'`, whose triton wheel bundles cuobjdump",
     )
 
 

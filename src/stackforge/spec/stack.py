@@ -61,7 +61,7 @@ def load_stack(ws: Workspace) -> Stack:
         if not isinstance(version, str) or not _VERSION.fullmatch(version):
             raise UsageError(
                 f"{path}: {name}: version {version!r} is not a quoted version string",
-                hint='e.g. vllm: "0.14.0"',
+                hint='e.g. vllm: "1.2.3"',
             )
         versions[str(name)] = version
     return Stack(name=str(data.get("name") or path.parent.name), versions=versions, path=path)

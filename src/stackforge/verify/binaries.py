@@ -33,7 +33,7 @@ PACKAGE_SUFFIXES = (".conda", ".tar.bz2")
 class LibraryReport:
     """One library's embedded code and its coverage of the environment's archs."""
 
-    label: str  # e.g. "vllm-0.14.0-cuda129_sm60.61_h1234abcd_0.conda:lib/.../_C.abi3.so"
+    label: str  # e.g. "vllm-X.Y.Z-cuda129_sm60_61_h1234abcd_0.conda:lib/.../_C.abi3.so"
     embedded: Embedded
     coverage: list[Coverage]
 
