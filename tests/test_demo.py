@@ -46,3 +46,12 @@ def test_demo_for_volta_in_a_named_dir(
     captured = capsys.readouterr()
     assert "mini-vllm: archs 7.0" in captured.err
     assert all("_sm70_h" in p.name for p in (tmp_path / "v" / "output" / "linux-64").glob("*.conda"))
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`stackforge demo .` inside a real workspace would mix the miniature stack into it."""
+    (tmp_path / "git-repos.txt").write_text("# a real workspace\n")
+    (tmp_path / "recipes").mkdir()
+    assert main(["demo", str(tmp_path)]) == 1
+    assert "is not a demo workspace" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["git-repos.txt", "recipes"]  # nothing written

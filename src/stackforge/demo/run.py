@@ -24,6 +24,8 @@ from stackforge.sources.checkouts import sync
 from stackforge.spec.envs import load_env
 from stackforge.spec.manifest import load_manifest
 
+MARKER = ".stackforge-demo"  # the demo re-runs only in a folder it made itself
+
 TOOLS = {
     "git": "your system's package manager (apt install git)",
     "cc": "a C compiler (apt install gcc)",
@@ -67,6 +69,13 @@ def run_demo(folder: Path, env_name: str = "pascal") -> int:
             hint="install what is listed, then run `stackforge demo` again",
         )
     root = folder.resolve()
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
+        raise Failure(
+            f"{root} is not empty and is not a demo workspace: the miniature stack would mix into it",
+            hint="give the demo an empty or new folder, e.g. `stackforge demo /tmp/stackforge-demo`",
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by `stackforge demo`: re-running the demo here is safe\n")
     err.print(
         f"[bold]1/5 workspace[/bold] {root}: git-repos.txt, patches/, recipes/, upstream mirror in mirror/"
     )

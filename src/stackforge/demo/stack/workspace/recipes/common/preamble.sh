@@ -1,0 +1,1 @@
+../../../../../../../recipes/common/preamble.sh
