@@ -77,9 +77,29 @@ def test_vllm_patch_rebuilds_vllm_only(built: MiniWs) -> None:
         "mini-vllm": "build",
     }
     assert "source minivllm changed" in plan.item("mini-vllm").reason
+    old = next(n for n in built.packages() if n.startswith("mini-vllm-"))
     outcomes = built.build()
     assert [o.name for o in outcomes if o.status == "built"] == ["mini-vllm"]
-    assert len(built.packages()) == 4  # the old mini-vllm stays in the channel beside the new one
+    # exactly one current mini-vllm for pascal, indexed; the old one kept aside, outside the index
+    current = [n for n in built.packages() if n.startswith("mini-vllm-")]
+    assert len(current) == 1 and current[0] != old
+    assert channel.indexed_files(built.channel) == set(built.packages())
+    assert (built.channel / "superseded" / "linux-64" / old).is_file()
+    # the patch comes back: the old build is made current again, nothing is compiled
+    built.edit_patch("minivllm", "MINICUTLASS_TILE(32768)", "MINICUTLASS_TILE(49152)")
+    built.sync()
+    assert built.plan().item("mini-vllm").reason == "in output/superseded/: made current again"
+    assert all(o.status == "cached" for o in built.build())
+    assert [n for n in built.packages() if n.startswith("mini-vllm-")] == [old]
+    assert (built.channel / "superseded" / "linux-64" / current[0]).is_file()
+
+
+@pytest.mark.build
+def test_truncated_repodata_is_rebuilt_not_fatal(built: MiniWs) -> None:
+    """A full disk or a kill can leave repodata.json empty or cut: the next build re-indexes."""
+    (built.channel / "linux-64" / "repodata.json").write_text('{"packages.conda": {"mini-')
+    assert all(o.status == "cached" for o in built.build())
+    assert channel.indexed_files(built.channel) == set(built.packages())
 
 
 @pytest.mark.build

@@ -236,10 +236,8 @@ def run_plan(ws: Workspace, plan: Plan) -> list[Outcome]:
     outcomes: list[Outcome] = []
     with FileLock(str(ws.state / "output.lock")):
         channel.clean_partials(ws.output)
-        if {p.name for p in channel.packages(ws.output)} - channel.indexed_files(ws.output) or not (
-            ws.output / "noarch" / "repodata.json"
-        ).is_file():
-            channel.index(ws.output)  # a run killed between publish and index: repair first
+        if channel.index_is_stale(ws.output):
+            channel.index(ws.output)  # a run killed between publish and index, a truncated file: repair
         columns = (
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -249,6 +247,8 @@ def run_plan(ws: Workspace, plan: Plan) -> list[Outcome]:
         with Progress(*columns, console=err, transient=True) as progress:
             for item in plan.items:
                 if item.status == "cached":
+                    if channel.make_current(ws.output, item.subdir, item.file, plan.env.build_tag):
+                        channel.index(ws.output)
                     outcomes.append(Outcome(item.name, "cached", f"{item.subdir}/{item.file}", 0.0))
                     continue
                 task = progress.add_task(f"[cyan]{item.name}[/cyan] {item.build_string}", status="starting")
@@ -259,6 +259,8 @@ def run_plan(ws: Workspace, plan: Plan) -> list[Outcome]:
                 err.print(
                     f"[green]built[/green]  {item.subdir}/{final.name}  ({seconds:.1f}s, log {ws.logs / (item.name + '.log')})"
                 )
+                if channel.make_current(ws.output, item.subdir, final.name, plan.env.build_tag):
+                    channel.index(ws.output)
                 item.status, item.file = "cached", final.name
                 outcomes.append(Outcome(item.name, "built", f"{item.subdir}/{final.name}", seconds))
     return outcomes

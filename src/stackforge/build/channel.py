@@ -4,6 +4,10 @@ A package enters the channel only complete: it is copied to a dot-file beside it
 renamed into place (atomic on one file system), and the channel is re-indexed with py-rattler.
 A run killed at any moment leaves either no file or the whole file, never a partial one; stray
 dot-files of a killed copy are removed the next time the channel is opened.
+
+Exactly one build of a package is current per environment: when another one becomes current, the
+old file is moved to output/superseded/<subdir>/ (kept, never deleted; outside the index, so no
+solver can pick it), and moved back if its inputs come back.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 from pathlib import Path
 
 SUBDIRS = ("linux-64", "noarch")
+SUPERSEDED = "superseded"
 
 
 def channel_url(channel: Path) -> str:
@@ -26,8 +31,36 @@ def packages(channel: Path) -> list[Path]:
 
 
 def find(channel: Path, subdir: str, name: str, version: str, build: str) -> Path | None:
-    path = channel / subdir / f"{name}-{version}-{build}.conda"
-    return path if path.is_file() else None
+    """The package file, current or superseded (`make_current` brings the latter back)."""
+    for folder in (channel / subdir, channel / SUPERSEDED / subdir):
+        path = folder / f"{name}-{version}-{build}.conda"
+        if path.is_file():
+            return path
+    return None
+
+
+def _name_and_build(file_name: str) -> tuple[str, str]:
+    name, _version, build = file_name.removesuffix(".conda").rsplit("-", 2)
+    return name, build
+
+
+def make_current(channel: Path, subdir: str, file_name: str, build_tag: str) -> list[Path]:
+    """Make `file_name` the one current build of its package for the environment whose build strings
+    start with `build_tag`: bring it back from superseded/ if it is there, move every other build
+    of that package and environment there. Returns what moved; the caller re-indexes."""
+    current, aside = channel / subdir, channel / SUPERSEDED / subdir
+    moved = []
+    if not (current / file_name).is_file() and (aside / file_name).is_file():
+        os.replace(aside / file_name, current / file_name)
+        moved.append(current / file_name)
+    name, _ = _name_and_build(file_name)
+    for other in sorted(current.glob(f"{name}-*.conda")):
+        other_name, other_build = _name_and_build(other.name)
+        if other.name != file_name and other_name == name and other_build.startswith(f"{build_tag}_"):
+            aside.mkdir(parents=True, exist_ok=True)
+            os.replace(other, aside / other.name)
+            moved.append(aside / other.name)
+    return moved
 
 
 def clean_partials(channel: Path) -> None:
@@ -42,10 +75,22 @@ def index(channel: Path) -> None:
 
     for sub in SUBDIRS:
         (channel / sub).mkdir(parents=True, exist_ok=True)
-    # incremental: only new or removed files are read, so a channel of GB-sized packages indexes fast
-    result = index_fs(channel, write_zst=False, write_shards=False, force=False)
+    # incremental: only new or removed files are read, so a channel of GB-sized packages indexes fast;
+    # an unreadable repodata.json is rewritten from the files
+    force = any(_unreadable(channel / sub / "repodata.json") for sub in SUBDIRS)
+    result = index_fs(channel, write_zst=False, write_shards=False, force=force)
     if asyncio.iscoroutine(result):
         asyncio.run(result)
+
+
+def _unreadable(repodata: Path) -> bool:
+    try:
+        json.loads(repodata.read_text())
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        return True
+    return False
 
 
 def publish(built: Path, channel: Path, subdir: str) -> Path:
@@ -67,7 +112,16 @@ def indexed_files(channel: Path) -> set[str]:
     for sub in SUBDIRS:
         repodata = channel / sub / "repodata.json"
         if repodata.is_file():
-            data = json.loads(repodata.read_text())
+            try:
+                data = json.loads(repodata.read_text())
+            except ValueError:  # empty or truncated (a full disk, a kill): the caller re-indexes
+                continue
             names.update(data.get("packages.conda", {}))
             names.update(data.get("packages", {}))
     return names
+
+
+def index_is_stale(channel: Path) -> bool:
+    """Whether repodata.json misses a package file or lists one that is gone, or is unreadable."""
+    on_disk = {p.name for p in packages(channel)}
+    return on_disk != indexed_files(channel) or not (channel / "noarch" / "repodata.json").is_file()

@@ -266,7 +266,12 @@ def make_plan(ws: Workspace, env: GpuEnv, names: list[str] | None = None) -> Pla
         item.build_string = expected_build_string(env, item.key, recipe.build_number)
         existing = channel.find(ws.output, item.subdir, name, item.version, item.build_string)
         if existing:
-            item.status, item.reason, item.file = "cached", "already in output/", existing.name
+            where = (
+                "already in output/"
+                if existing.parent.parent == ws.output
+                else "in output/superseded/: made current again"
+            )
+            item.status, item.reason, item.file = "cached", where, existing.name
         else:
             item.status, item.reason = "build", _why(item.components, _last_record(ws, env, name), env)
     return Plan(env, list(items.values()), found, stack_context(ws))
