@@ -6,12 +6,8 @@ build machine, so two workspaces built at different times can be compared byte f
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from stackforge.build import builder
 from stackforge.build import plan as plan_
@@ -72,44 +68,3 @@ def make_mini(root: Path) -> MiniWs:
     mini = MiniWs(root)
     mini.sync()
     return mini
-
-
-@pytest.fixture(scope="session")
-def session_build_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One build root per test session, exported for every build of the session."""
-    root = tmp_path_factory.mktemp("build-root")
-    old = os.environ.get("STACKFORGE_BUILD_ROOT")
-    os.environ["STACKFORGE_BUILD_ROOT"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("STACKFORGE_BUILD_ROOT", None)
-    else:
-        os.environ["STACKFORGE_BUILD_ROOT"] = old
-
-
-@pytest.fixture
-def build_root(session_build_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("STACKFORGE_BUILD_ROOT", str(session_build_root))
-    return session_build_root
-
-
-@pytest.fixture(scope="session")
-def built_template(session_build_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A miniature workspace cloned, patched and built for pascal once per session."""
-    mini = make_mini(tmp_path_factory.mktemp("template") / "ws")
-    mini.build("pascal")
-    return mini.root
-
-
-@pytest.fixture
-def mini(tmp_path: Path, build_root: Path) -> MiniWs:
-    """A fresh miniature workspace: sources cloned and patched, nothing built."""
-    return make_mini(tmp_path / "ws")
-
-
-@pytest.fixture
-def built(tmp_path: Path, build_root: Path, built_template: Path) -> MiniWs:
-    """A copy of the built template: change it freely."""
-    root = tmp_path / "ws"
-    shutil.copytree(built_template, root, symlinks=True)
-    return MiniWs(root)

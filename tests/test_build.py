@@ -5,8 +5,6 @@ CMake and Ninja, a real channel indexed by py-rattler. A full build of the three
 about 4 s on two cores.
 """
 
-# ruff: noqa: F811  (fixtures imported from minihelpers are requested by parameter name)
-
 from __future__ import annotations
 
 import json
@@ -18,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from minihelpers import MiniWs, build_root, built, built_template, mini, session_build_root  # noqa: F401
+from minihelpers import MiniWs
 
 from stackforge.build import channel
 from stackforge.build import machine as buildenv

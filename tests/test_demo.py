@@ -1,14 +1,11 @@
 """`stackforge demo`: the whole pipeline on the miniature stack, and a re-run that builds nothing."""
 
-# ruff: noqa: F811  (fixtures imported from minihelpers are requested by parameter name)
-
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-from minihelpers import build_root, session_build_root  # noqa: F401
 
 from stackforge.cli import main
 

@@ -1,14 +1,12 @@
 """`stackforge lock` and `lock --check` on the miniature stack."""
 
-# ruff: noqa: F811  (fixtures imported from minihelpers are requested by parameter name)
-
 from __future__ import annotations
 
 import hashlib
 import json
 
 import pytest
-from minihelpers import MiniWs, build_root, built, built_template, mini, session_build_root  # noqa: F401
+from minihelpers import MiniWs
 
 
 @pytest.mark.build

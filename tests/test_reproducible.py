@@ -1,7 +1,5 @@
 """Byte-identical packages from identical inputs, and `stackforge verify reproducible`."""
 
-# ruff: noqa: F811  (fixtures imported from minihelpers are requested by parameter name)
-
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from minihelpers import MiniWs, build_root, built, built_template, make_mini, mini, session_build_root  # noqa: F401
+from minihelpers import MiniWs, make_mini
 
 from stackforge.build.repack import normalize_package, path_replacements
 from stackforge.verify.reproducible import compare_packages

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
-from test_runtime import PINS, fake_smi, make_workspace
+from runtimehelpers import PINS, fake_smi, make_workspace
 
 from stackforge.core.workspace import Workspace
 from stackforge.run import preflight, vllm_args
