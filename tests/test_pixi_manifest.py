@@ -14,28 +14,34 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SCHEMAS
 
+from stackforge.cli import main
 from stackforge.core.workspace import Workspace
+from stackforge.demo import ministack
 from stackforge.spec.envs import load_env
 
 PIXI = tomllib.loads((REPO_ROOT / "pixi.toml").read_text())
 
-# What each task is run with here: arguments that make it safe (--dry-run, --help) on a copy of
-# the workspace. A task with no entry fails the test: every new task must say how it is checked.
+# What each task is run with here, on the miniature stack (real sources from a local mirror, real
+# rattler-build builds), cloned and built before the first task runs. A task with no entry fails
+# the test: every new task must say how it is checked. Three run with --help only, each for a
+# reason: serve and run-simple need a GPU (their real paths run in test_run_simple.py against
+# nvidia-smi stand-ins), and the miniature packages carry no CUDA code for `audit binaries`
+# (test_binary_audit.py runs it on real cubins).
 PROBES: dict[str, list[str]] = {
-    "clone-all": ["--dry-run"],
-    "clone": ["vllm", "--dry-run"],
+    "clone-all": [],
+    "clone": ["minivllm"],
     "status": [],
-    "patches-check": ["--help"],
-    "patches-export": ["--help"],
+    "patches-check": [],
+    "patches-export": ["minivllm", "--dry-run"],
     "test": ["--collect-only", "-q", "tests/test_manifest.py"],
     "lint": [],
     "serve": ["--help"],
     "run-simple": ["--help"],
     "audit": ["binaries", "--help"],
-    "build-cuda": ["--dry-run"],
-    "verify": ["--help"],
-    "lock": ["--help"],
-    "demo": ["--help"],
+    "build-cuda": [],
+    "verify": ["mini-torch"],
+    "lock": [],
+    "demo": ["demo-here"],
     "doctor": ["--json"],  # no GPU here: a plain report, exit 0
 }
 
@@ -84,25 +90,17 @@ def test_every_task_is_described_and_probed():
 
 
 @pytest.fixture(scope="module")
-def task_workspace(tmp_path_factory) -> Path:
-    """A copy of this workspace's inputs (no checkouts, no packages)."""
-    root = tmp_path_factory.mktemp("pixi-tasks")
-    for item in (
-        "git-repos.txt",
-        "stack.yaml",
-        "pixi.toml",
-        "pyproject.toml",
-        "recipes",
-        "patches",
-        "run_simple.sh",
-    ):
-        src = REPO_ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, root / item)
-        elif src.is_file():
-            shutil.copy2(src, root / item)
+def task_workspace(tmp_path_factory, session_build_root: Path) -> Path:
+    """The miniature stack as a workspace, with this project's pixi.toml and run_simple.sh:
+    cloned through its mirror and built for pascal, so every task meets a real workspace."""
+    root = tmp_path_factory.mktemp("pixi-tasks") / "ws"
+    mirror = ministack.create_workspace(root)
+    for item in ("pixi.toml", "pyproject.toml", "run_simple.sh"):
+        shutil.copy2(REPO_ROOT / item, root / item)
     for item in ("src", "tests", "benchmarks"):
         (root / item).symlink_to(REPO_ROOT / item)
+    assert main(["--root", str(root), "clone-all", "--mirror", str(mirror)]) == 0
+    assert main(["--root", str(root), "build", "-e", "pascal"]) == 0
     return root
 
 
@@ -118,6 +116,7 @@ def test_task_command_runs(name: str, task_workspace: Path):
         "PIXI_PROJECT_ROOT": str(task_workspace),
         "STACKFORGE_ROOT": str(task_workspace),
         "STACKFORGE_ENV": "pascal",
+        "STACKFORGE_MIRROR": str(task_workspace / "mirror"),
         "TORCH_CUDA_ARCH_LIST": "6.0;6.1",
     }
     # pixi appends the user's extra arguments to the command, as done here

@@ -273,14 +273,14 @@ def check_packages(report: Report, ws: Workspace | None) -> None:
             "pass --python PATH of the environment's interpreter",
         )
         return
-    pins = expected_pins(ws)
-    for dist in ("torch", "triton", "vllm"):
+    pins = expected_pins(ws)  # empty outside a workspace with a stack.yaml: nothing to compare
+    for dist, pin in pins.items():
         have = pkgs.get(dist)
-        if have and have.split("+")[0] != pins[dist]:
+        if have and have.split("+")[0] != pin:
             report.add(
                 "warning",
-                f"{dist} {have} is installed; this stack pins {pins[dist]}",
-                f"use the stackforge-built {dist} {pins[dist]} (pixi run -e <env> ...)",
+                f"{dist} {have} is installed; this stack pins {pin}",
+                f"use the stackforge-built {dist} {pin} (pixi run -e <env> ...)",
             )
     if not pkgs.get("torch"):
         return
