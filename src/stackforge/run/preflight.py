@@ -10,7 +10,6 @@ Every vLLM default lives in one table, `DEFAULTS`, shared by both paths and by `
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -168,15 +167,16 @@ def check_built(ws: Workspace, env: GpuEnv) -> list[BuiltPackage]:
             f"environment {env.name!r} is not built yet: no packages in {subdir}",
             hint=f"build them: `{build_cmd}`, then run this again",
         )
+    import rattler
+
     try:
-        data = json.loads(repodata.read_text())
-    except ValueError as exc:
-        raise Failure(f"{repodata}: not valid JSON ({exc})", hint=f"run `{build_cmd}` again") from exc
-    records = [
-        BuiltPackage(r.get("name", ""), r.get("version", ""), r.get("build", ""), fn)
-        for key in ("packages", "packages.conda")
-        for fn, r in (data.get(key) or {}).items()
-    ]
+        index = rattler.RepoData.from_path(repodata).into_repo_data(rattler.Channel(str(ws.output)))
+    except Exception as exc:  # rattler's own parse error: the file is empty, cut or not repodata
+        raise Failure(
+            f"{repodata}: not a readable channel index ({exc})",
+            hint=f"run `{build_cmd}` again (it re-indexes)",
+        ) from None
+    records = [BuiltPackage(r.name.normalized, str(r.version), str(r.build), r.file_name) for r in index]
     tag = build_tag(env)
     found: list[BuiltPackage] = []
     missing: list[str] = []
