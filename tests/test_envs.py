@@ -49,3 +49,84 @@ def test_bad_variant_input_is_named():
         parse_arch_list("8.0", "v.yaml")
     with pytest.raises(UsageError, match="unknown environment 'ampere'"):
         load_env(WS, "ampere")
+
+
+def _variant(tmp_path, text: str) -> tuple[Workspace, str]:
+    (tmp_path / "git-repos.txt").write_text("")
+    (tmp_path / "recipes" / "variants").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "recipes" / "variants" / "bad.yaml").write_text(text)
+    return Workspace(tmp_path), str(tmp_path / "recipes" / "variants" / "bad.yaml")
+
+
+GOOD_CUDA = 'cuda_compiler_version:\n  - "12.9"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "says"),
+    [
+        (GOOD_CUDA + 'torch_cuda_arch_list:\n  - ""\n', ":4", "is empty"),
+        (GOOD_CUDA + 'torch_cuda_arch_list:\n  - "6.0;6.0"\n', ":4", "listed twice"),
+        (GOOD_CUDA + 'torch_cuda_arch_list:\n  - "6.1;7.0"\n', ":4", "mixes Pascal and Volta"),
+        (GOOD_CUDA + 'torch_cuda_arch_list:\n  - "8.0"\n', ":4", "not one stackforge targets"),
+        (
+            'cuda_compiler_version:\n  - "13.0"\ntorch_cuda_arch_list:\n  - "6.1"\n',
+            ":2",
+            "CUDA 13.0 cannot compile",
+        ),
+        ('cuda_compiler_version:\n  - 12.10\ntorch_cuda_arch_list:\n  - "6.1"\n', ":2", "not float 12.1"),
+        (GOOD_CUDA + "torch_cuda_arch_list: [\n", ":", "not valid YAML"),
+        (GOOD_CUDA + 'torch_cuda_arch_list:\n  - ["6.1"]\n', ":4", "one quoted string"),
+        (GOOD_CUDA, "", "no 'torch_cuda_arch_list' key"),
+        ("- a list\n", "", "a mapping"),
+    ],
+)
+def test_bad_variant_files_are_file_line_errors(tmp_path, text: str, where: str, says: str):
+    ws, path = _variant(tmp_path, text)
+    with pytest.raises(UsageError) as exc:
+        load_env(ws, "bad")
+    assert exc.value.exit_code == 2
+    assert exc.value.message.startswith(path + where) and says in exc.value.message, exc.value.message
+
+
+def test_bad_variant_through_the_cli_is_exit_2_without_traceback(tmp_path, capsys):
+    from stackforge.cli import main
+
+    ws, path = _variant(tmp_path, GOOD_CUDA + 'torch_cuda_arch_list:\n  - ""\n')
+    assert main(["build", "--root", str(ws.root), "-e", "bad", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:4" in err and "Traceback" not in err
+
+
+def test_any_variant_text_gives_an_env_or_a_usage_error(tmp_path):
+    """Property: whatever the file holds, load_env returns an environment or raises UsageError."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = st.one_of(
+        st.text(max_size=12),
+        st.floats(allow_nan=False),
+        st.integers(),
+        st.booleans(),
+        st.none(),
+        st.sampled_from(["6.0;6.1", "7.0", "12.9", "13.0", "6.0;6.0", ""]),
+    )
+    keys = st.sampled_from(["torch_cuda_arch_list", "cuda_compiler_version", "python", "x"])
+    docs = st.one_of(
+        st.dictionaries(keys, st.one_of(values, st.lists(values, max_size=2)), max_size=3).map(
+            lambda d: __import__("yaml").safe_dump(d)
+        ),
+        st.text(max_size=80),
+        st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+    )
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(docs)
+    def check(text: str) -> None:
+        ws, _ = _variant(tmp_path, text)
+        try:
+            env = load_env(ws, "bad")
+        except UsageError:
+            return
+        assert env.archs and env.cuda_version
+
+    check()
