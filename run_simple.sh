@@ -5,7 +5,7 @@
 #
 # Thin on purpose: `stackforge preflight` checks the GPU, the environment, the built packages and
 # the model, and prints the environment name; the generation then runs in that environment's
-# runtime workspace (runtime/pixi.toml). Both are in src/stackforge/runtime.py.
+# runtime workspace (runtime/pixi.toml) as `stackforge generate`. Both live in src/stackforge/run/.
 # STACKFORGE_RUNTIME_EXEC replaces the `pixi run --manifest-path runtime -e ENV` prefix.
 set -euo pipefail
 
@@ -16,8 +16,13 @@ pixi="${PIXI_EXE:-pixi}"
 # stackforge itself: on PATH inside `pixi shell`/`pixi run` or a dev venv, else pixi's default env
 if command -v stackforge >/dev/null 2>&1; then
   stackforge=(stackforge)
-else
+elif command -v "$pixi" >/dev/null 2>&1; then
   stackforge=("$pixi" run --manifest-path "$root" --environment default stackforge)
+else
+  echo "error: neither stackforge nor pixi ($pixi) is on PATH" >&2
+  echo "  what to do: install pixi (https://pixi.sh: curl -fsSL https://pixi.sh/install.sh | bash)," >&2
+  echo "  then run ./run_simple.sh again; or, in a dev checkout: python3 -m pip install -e ." >&2
+  exit 1
 fi
 
 for arg in "$@"; do

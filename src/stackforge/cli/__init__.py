@@ -14,7 +14,16 @@ import sys
 
 from stackforge import __version__
 from stackforge.cli.options import VLLM_ARGS, add_root
-from stackforge.core.console import EXIT_FAILED, EXIT_USAGE, StackforgeError, err, escape
+from stackforge.core.console import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    StackforgeError,
+    err,
+    escape,
+    forget_json,
+    json_printed,
+    print_json,
+)
 
 COMMAND_MODULES = (
     "stackforge.cli.sources",  # clone-all, clone, status, patches export / check
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("audit", "check kernels and binaries for the environment's GPUs"),
         ("verify", "verify properties of the built packages"),
     ):
-        sub = top.add_parser(group, help=help_text, description=help_text)
+        sub = top.add_parser(group, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         groups[group] = sub.add_subparsers(dest=f"{group}_command", metavar="COMMAND", parser_class=_Parser)
         sub.set_defaults(func=lambda _args, p=sub: (p.print_help(), EXIT_USAGE)[1])
     for module in COMMAND_MODULES:
@@ -67,6 +76,7 @@ def _commands(action: argparse._SubParsersAction) -> list[argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
+    forget_json()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -82,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except StackforgeError as exc:
         err.print(f"[red]error:[/red] {escape(exc.render())}")
+        if getattr(args, "json", False) and not json_printed():  # a script reads stdout: JSON, always
+            print_json({"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
         return exc.exit_code
     except OSError as exc:  # a fault of the environment (disk full, read-only, missing tool): no traceback
         where = f"{exc.filename}: " if exc.filename else ""

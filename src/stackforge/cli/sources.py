@@ -77,7 +77,7 @@ def _register_clone(groups: dict[str, argparse._SubParsersAction]) -> None:
         ("clone-all", "clone or update every source in git-repos.txt and apply its patches"),
         ("clone", "clone or update the named sources"),
     ):
-        p = top.add_parser(name, help=help_text, description=help_text)
+        p = top.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if name == "clone":
             p.add_argument("names", nargs="+", metavar="NAME", help="source names from git-repos.txt")
         _mirror_arg(p)

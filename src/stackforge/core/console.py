@@ -67,8 +67,24 @@ def _quote(arg: str) -> str:
     return arg if arg and all(c.isalnum() or c in "-_./=:@+,%" for c in arg) else repr(arg)
 
 
+_json_printed = False
+
+
 def print_json(data: Any) -> None:
+    global _json_printed
+    _json_printed = True
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def forget_json() -> None:
+    """A new command starts: it has printed no JSON yet (main may run several in one process)."""
+    global _json_printed
+    _json_printed = False
+
+
+def json_printed() -> bool:
+    """Whether this process has printed its JSON answer (the CLI prints one on failure otherwise)."""
+    return _json_printed
 
 
 def file_logger(name: str, path: Path) -> logging.Logger:
