@@ -271,3 +271,29 @@ def test_compiler_cache_settings_pass_through(tmp_path: Path) -> None:
     assert buildenv.compiler_cache({**env, "STACKFORGE_COMPILER_CACHE": "none"}) == (None, {})
     secret = buildenv.secret_value(3, {"CCACHE_DIR": "/a b"})
     assert secret == "export CCACHE_DIR='/a b'; export CMAKE_BUILD_PARALLEL_LEVEL=3; export MAX_JOBS=3"
+
+
+@pytest.mark.build
+def test_a_build_waiting_for_another_says_so(built: MiniWs) -> None:
+    """Two builds in one workspace: the second waits for the channel lock, and says whose it is."""
+    import subprocess
+    import sys
+    import threading
+
+    from filelock import FileLock
+
+    lock = FileLock(str(built.ws.state / "output.lock"), thread_local=False)  # the timer thread releases it
+    lock.acquire()
+    timer = threading.Timer(2.0, lock.release)
+    timer.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "stackforge", "--root", str(built.root), "build", "-e", "pascal"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        timer.join()
+    assert proc.returncode == 0, proc.stderr
+    assert f"waiting for {built.ws.state / 'output.lock'}: another stackforge is building into" in proc.stderr

@@ -26,8 +26,6 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
 from stackforge.build import channel
 from stackforge.build import machine as buildenv
 from stackforge.build.plan import (
@@ -44,7 +42,7 @@ from stackforge.build.repack import (
     path_replacements,
 )
 from stackforge.core.console import Failure, UsageError, err
-from stackforge.core.files import atomic_write, sha256_file
+from stackforge.core.files import atomic_write, sha256_file, waiting_lock
 from stackforge.core.workspace import Workspace
 from stackforge.spec.envs import GpuEnv
 
@@ -156,7 +154,7 @@ def build_package(
     )
     saved = {k: os.environ.get(k) for k in (buildenv.SECRET, "PATH")}
     try:
-        with FileLock(str(root / f"{item.name}.lock")):
+        with waiting_lock(root / f"{item.name}.lock", f"building {item.name} in {root}"):
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             variant = _render_for_build(ws, plan, item)
@@ -234,7 +232,7 @@ def run_plan(ws: Workspace, plan: Plan) -> list[Outcome]:
     ws.output.mkdir(parents=True, exist_ok=True)
     ws.state.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
-    with FileLock(str(ws.state / "output.lock")):
+    with waiting_lock(ws.state / "output.lock", f"building into {ws.output}"):
         channel.clean_partials(ws.output)
         if channel.index_is_stale(ws.output):
             channel.index(ws.output)  # a run killed between publish and index, a truncated file: repair

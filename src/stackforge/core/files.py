@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -29,3 +30,23 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold the file lock `path` for `what`; when another stackforge holds it, say so, then wait."""
+    from filelock import FileLock, Timeout
+
+    from stackforge.core.console import escape, info
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        info(escape(f"waiting for {path}: another stackforge is {what} (it goes on when that one ends)"))
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
