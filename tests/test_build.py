@@ -242,6 +242,7 @@ def test_stale_checkout_blocks_the_plan(mini: MiniWs) -> None:
     assert (
         "sources/minivllm patches-changed; run `stackforge clone minivllm`" in plan.item("mini-vllm").reason
     )
+    assert mini.run("build", "-e", "pascal", "--dry-run") == 1  # a blocked plan says so in its exit code
     with pytest.raises(Failure, match="cannot build"):
         from stackforge.build.builder import run_plan
 

@@ -23,8 +23,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print_json({"env": env.name, "dry_run": args.dry_run, "plan": [i.summary() for i in plan.items]})
     else:
         print_plan(plan)
+    blocked = [i.name for i in plan.items if i.status == "blocked"]
     if args.dry_run:
-        return 0
+        if blocked:  # a plan that cannot run says so in its exit code, dry run or not
+            err.print(f"[yellow]{len(blocked)} package(s) blocked[/yellow]: {', '.join(blocked)} (exit 1)")
+        return 1 if blocked else 0
     outcomes = run_plan(ws, plan)
     built = [o for o in outcomes if o.status == "built"]
     err.print(
@@ -39,7 +42,8 @@ def _register_build(groups: dict[str, argparse._SubParsersAction]) -> None:
         "build",
         help="build the stack's conda packages for a GPU environment into output/",
         description="Build the packages of recipes/ for one GPU environment in dependency order, "
-        "skipping each whose cache key is already in output/.",
+        "skipping each whose cache key is already in output/. Exit 1 when a package is blocked "
+        "(its sources are not cloned or not current), with --dry-run too.",
     )
     add_env(p)
     p.add_argument("packages", nargs="*", metavar="PKG", help="build only these (and what their keys need)")
