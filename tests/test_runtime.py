@@ -432,3 +432,13 @@ def test_vllm_0_14_0_accepts_our_settings():
     assert {"text", "token_ids"} <= _class_fields(parse("vllm/outputs.py"), "CompletionOutput")
     serve = (tree_root / "vllm/entrypoints/cli/serve.py").read_text()
     assert "args.model = args.model_tag" in serve  # `vllm serve --model X` and `vllm serve X` agree
+
+
+def test_secret_options_never_print():
+    """--api-key and --hf-token values (one that begins with '-' too) are *** wherever we print."""
+    key, token = "sk-very-secret-key", "-starts-with-dash-token"
+    args = ["--model", "m", "--api-key", key, f"--api-key={key}", "--port", "1"]
+    assert vllm_args.redact_args(args) == ["--model", "m", "--api-key", "***", "--api-key=***", "--port", "1"]
+    rest, taken = vllm_args.take_hf_token(["--hf-token", token, "--port", "1"])
+    assert taken == token and rest == ["--port", "1"]
+    assert vllm_args.redact_args(["--hf-token", token]) == ["--hf-token", "***"]

@@ -18,6 +18,7 @@ from stackforge.core.console import (
     StackforgeError,
     UsageError,
     echo_command,
+    escape,
     info,
     out,
     print_json,
@@ -111,7 +112,7 @@ def run_args(args: argparse.Namespace) -> int:
         SERVE_DEFAULTS,
         defaults_for,
         llm_kwargs,
-        redact,
+        redact_args,
         refuse_unsupported,
         runtime_environment,
         serve_argv,
@@ -134,7 +135,7 @@ def run_args(args: argparse.Namespace) -> int:
                 {
                     "env": env.name,
                     "environment": environment,
-                    "serve_argv": argv,
+                    "serve_argv": redact_args(argv),
                     "llm_kwargs": kwargs,
                     "hf_token_from_args": token is not None,
                     "defaults": [
@@ -153,7 +154,7 @@ def run_args(args: argparse.Namespace) -> int:
         out.print(f"#   {d.flag} {d.cli_value()}: {d.why}")
     for key, value in environment.items():
         out.print(f"{key}={shlex.quote(value)}")
-    out.print(redact(shlex.join(argv)))
+    out.print(escape(shlex.join(redact_args(argv))))
     return EXIT_OK
 
 
@@ -162,7 +163,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from stackforge.run.preflight import launcher, preflight, report
     from stackforge.run.vllm_args import (
         DEFAULT_MODEL,
-        redact,
+        redact_args,
         refuse_unsupported,
         runtime_environment,
         serve_argv,
@@ -182,9 +183,9 @@ def run_serve(args: argparse.Namespace) -> int:
         child_env["HF_TOKEN"] = token
     argv = [*launcher(ws, plan.env, child_env), *serve_argv(plan.env, user_args, child_env)]
     if args.dry_run:
-        print(redact(shlex.join(argv), child_env))
+        print(shlex.join(redact_args(argv, child_env)))
         return EXIT_OK
-    echo_command([redact(a, child_env) for a in argv])
+    echo_command(redact_args(argv, child_env))
     info(f"OpenAI-compatible API on http://{_serve_address(argv)}/v1 once the model has loaded")
     sys.stdout.flush()
     sys.stderr.flush()

@@ -91,7 +91,9 @@ def defaults_for(env: GpuEnv) -> list[Default]:
     return [Default(d.kwarg, changes.get(d.kwarg, d.value), d.why, d.also) for d in DEFAULTS]
 
 
-TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
+# vLLM options whose value is a secret: shown as *** wherever we print arguments
+SECRET_OPTIONS = ("--api-key", "--api_key", "--hf-token", "--hf_token")
 
 
 _TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")
@@ -107,6 +109,24 @@ def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
     return _TOKEN_SHAPE.sub("hf_***", text)
 
 
+def redact_args(args: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Arguments as they may be printed: the value of every SECRET_OPTIONS option (`--api-key K`,
+    `--api-key=K`, a value that begins with '-' too) and every token-shaped text become ***."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in args:
+        name, eq, _ = arg.partition("=")
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+        elif name in SECRET_OPTIONS:
+            shown.append(f"{name}=***" if eq else arg)
+            hide_next = not eq
+        else:
+            shown.append(redact(arg, environ))
+    return shown
+
+
 def take_hf_token(args: Sequence[str]) -> tuple[list[str], str | None]:
     """Remove `--hf-token VALUE` from vLLM arguments: the value travels as HF_TOKEN instead, so
     neither our echo nor vLLM's own 'non-default args' log line can show it."""
@@ -119,8 +139,8 @@ def take_hf_token(args: Sequence[str]) -> tuple[list[str], str | None]:
         if name in ("--hf-token", "--hf_token"):
             if eq:
                 token = value
-            elif i + 1 < len(args) and not args[i + 1].startswith("-"):
-                token = args[i + 1]
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                token = args[i + 1]  # a token may begin with '-': only a --option ends the value
                 i += 1
             else:
                 rest.append(arg)  # bare flag: use the stored login, nothing secret
