@@ -298,3 +298,48 @@ def test_a_build_waiting_for_another_says_so(built: MiniWs) -> None:
         timer.join()
     assert proc.returncode == 0, proc.stderr
     assert f"waiting for {built.ws.state / 'output.lock'}: another stackforge is building into" in proc.stderr
+
+
+@pytest.mark.build
+def test_build_needs_no_network_after_clone_all(mini: MiniWs) -> None:
+    """Hermetic: with the network cut (a new network namespace with no interface up), the whole
+    miniature build runs; nothing is downloaded after clone-all."""
+    import shutil
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare or "unshare", "-rn", "true"], capture_output=True) if unshare else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("this machine cannot make a network namespace (unshare -rn), so the cut cannot be shown")
+    proc = subprocess.run(
+        [
+            unshare,
+            "-rn",
+            sys.executable,
+            "-m",
+            "stackforge",
+            "--root",
+            str(mini.root),
+            "build",
+            "-e",
+            "pascal",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 built, 0 up to date" in proc.stderr
+    offline = subprocess.run(
+        [
+            unshare,
+            "-rn",
+            sys.executable,
+            "-c",
+            "import socket; socket.create_connection(('pypi.org', 443), 3)",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert offline.returncode != 0  # the namespace really had no network
