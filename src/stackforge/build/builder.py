@@ -219,8 +219,9 @@ class Outcome:
     seconds: float
 
 
-def run_plan(ws: Workspace, plan: Plan) -> list[Outcome]:
-    """Build what the plan says, in order; the channel is locked for the whole run."""
+def run_plan(ws: Workspace, plan: Plan, *, presolve: bool = True) -> list[Outcome]:
+    """Build what the plan says, in order; the channel is locked for the whole run. Unless
+    `presolve` is off, every requirement is solved first (build.presolve), before any compile."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     blocked = [i for i in plan.items if i.status == "blocked"]
@@ -229,6 +230,10 @@ def run_plan(ws: Workspace, plan: Plan) -> list[Outcome]:
             "cannot build: " + "; ".join(f"{i.name}: {i.reason}" for i in blocked),
             hint="bring the checkouts up to date with `stackforge clone-all`",
         )
+    if presolve and any(i.status == "build" for i in plan.items):
+        from stackforge.build.presolve import require_solvable
+
+        require_solvable(plan)
     ws.output.mkdir(parents=True, exist_ok=True)
     ws.state.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []

@@ -58,6 +58,7 @@ class Recipe:
     sources: tuple[str, ...]  # names of the sources/<name> checkouts it copies in
     gib_per_job: float | None = None  # extra.stackforge.gib_per_job: memory one compile job needs
     context: dict = field(default_factory=dict, compare=False)
+    specs: dict = field(default_factory=dict, compare=False)  # build/host/run: rendered requirement specs
 
     @property
     def file(self) -> Path:
@@ -163,6 +164,7 @@ def render(ws: Workspace, folder: Path, variant_file: Path, context: dict[str, s
         build=_names(reqs.get("build", [])),
         host=_names(reqs.get("host", [])),
         run=_names(reqs.get("run", [])),
+        specs={k: tuple(reqs.get(k) or ()) for k in ("build", "host", "run")},
         sources=_source_names(ws, folder, raw),
         gib_per_job=float(extra["gib_per_job"]) if "gib_per_job" in extra else None,
         context=dict(stage1.context or {}),

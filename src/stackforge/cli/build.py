@@ -28,7 +28,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if blocked:  # a plan that cannot run says so in its exit code, dry run or not
             err.print(f"[yellow]{len(blocked)} package(s) blocked[/yellow]: {', '.join(blocked)} (exit 1)")
         return 1 if blocked else 0
-    outcomes = run_plan(ws, plan)
+    outcomes = run_plan(ws, plan, presolve=not args.no_presolve)
     built = [o for o in outcomes if o.status == "built"]
     err.print(
         f"{len(built)} built, {len(outcomes) - len(built)} up to date; channel: {ws.output} "
@@ -48,6 +48,11 @@ def _register_build(groups: dict[str, argparse._SubParsersAction]) -> None:
     add_env(p)
     p.add_argument("packages", nargs="*", metavar="PKG", help="build only these (and what their keys need)")
     add_dry_run(p, "print the plan (package, key, built/cached, why); build nothing")
+    p.add_argument(
+        "--no-presolve",
+        action="store_true",
+        help="skip solving every requirement against the channels before the first compile",
+    )
     add_json(p, "the plan")
     p.set_defaults(func=_cmd_build)
 
