@@ -1,13 +1,7 @@
 """`stackforge build -e ENV`: the stack's packages in dependency order, each built only when its
 inputs changed, into the local channel `output/`.
 
-Cache key of a package = sha256 over: every file of its recipe folder, the environment's variant
-data, the git tree of each patched source it consumes (git-repos.txt `for=PKG` and the recipe's
-`path:` sources), the keys of the stack packages among its build/host requirements, and the
-tools that shape the bytes (rattler-build, zstd, stackforge's repacking). Its first 8 hex digits
-are in the build string, `cuda129_sm60_61_h1a2b3c4d_0`; a package whose file is already in
-output/ is not rebuilt. Run-only requirements order the build but do not enter the key, so a
-Triton patch rebuilds triton only, a PyTorch patch rebuilds pytorch and vllm.
+What is built, and why, is the plan's (stackforge.build.plan: cache keys and their reasons).
 
 Each package is built in a fixed staging directory under the build root (STACKFORGE_BUILD_ROOT,
 default /var/tmp/stackforge-build): the paths compilers and rattler-build embed are then the same
