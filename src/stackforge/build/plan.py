@@ -1,13 +1,13 @@
 """The build plan: which packages an environment needs, in which order, and the cache key of each.
 
-Cache key of a package = sha256 over: every file of its recipe folder and of recipes/common/, the
-environment's variant
-data, the git tree of each patched source it consumes (git-repos.txt `for=PKG` and the recipe's
-`path:` sources) and their `env=`/`subdir=`, the keys of the stack packages among its build/host requirements, and the
-tools that shape the bytes (rattler-build, zstd, stackforge's repacking). Its first 8 hex digits
-are in the build string, `cuda129_sm60_61_h1a2b3c4d_0`; a package whose file is already in
-output/ is not rebuilt. Run-only requirements order the build but do not enter the key, so a
-Triton patch rebuilds triton only, a PyTorch patch rebuilds pytorch and vllm."""
+Cache key of a package = sha256 over: every file of its recipe folder and of recipes/common/,
+the environment's variant data, the git tree of each patched source it consumes (git-repos.txt
+`for=PKG` and the recipe's `path:` sources) and their `env=`/`subdir=`, the keys of the stack
+packages among its build/host requirements, and the tools that shape the bytes (rattler-build,
+zstd, stackforge's repacking). Its first 8 hex digits are in the build string,
+`cuda129_sm60_61_h1a2b3c4d_0`; a package whose file is already in output/ is not rebuilt.
+Run-only requirements order the build but do not enter the key, so a Triton patch rebuilds
+triton only, a PyTorch patch rebuilds pytorch and vllm."""
 
 from __future__ import annotations
 
