@@ -22,12 +22,11 @@ from stackforge.sources.state import source_state
 from stackforge.spec.envs import list_envs, load_env
 from stackforge.spec.manifest import load_manifest
 
-LOCK_NAME = "stackforge.lock"
 LOCK_VERSION = 1
 
 
 def lock_path(ws: Workspace) -> Path:
-    return ws.root / LOCK_NAME
+    return ws.lock_file
 
 
 def current_state(ws: Workspace) -> dict:

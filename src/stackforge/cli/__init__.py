@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from stackforge import __version__
-from stackforge.cli.options import VLLM_ARGS, add_root
+from stackforge.cli.options import VLLM_ARGS, add_root, add_stack
 from stackforge.core.console import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stackforge {__version__}")
     add_root(parser, top=True)
+    add_stack(parser, top=True)
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     groups = {"": top}
     for group, help_text in (
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module).register(groups)
     for parser_ in _commands(top):
         add_root(parser_)
+        add_stack(parser_)
     return parser
 
 
@@ -88,23 +91,32 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    before = os.environ.get("STACKFORGE_STACK")
+    if getattr(args, "stack", None):
+        os.environ["STACKFORGE_STACK"] = args.stack  # every command, and what it starts, sees the stack
     try:
         return int(args.func(args) or 0)
     except StackforgeError as exc:
-        err.print(f"[red]error:[/red] {escape(exc.render())}")
-        if getattr(args, "json", False) and not json_printed():  # a script reads stdout: JSON, always
-            print_json({"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
-        return exc.exit_code
+        return _failed(args, exc.render(), exc.message, exc.hint, exc.exit_code)
     except OSError as exc:  # a fault of the environment (disk full, read-only, missing tool): no traceback
-        where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}")
-        err.print(
-            "  what to do: fix the path or the machine (space, permissions, PATH) and run the same command again"
-        )
-        return EXIT_FAILED
+        message = f"{exc.filename}: " * bool(exc.filename) + (exc.strerror or str(exc))
+        hint = "fix the path or the machine (space, permissions, PATH) and run the same command again"
+        return _failed(args, f"{message}\n  what to do: {hint}", message, hint, EXIT_FAILED)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]: run the same command again to resume")
         return 130
+    finally:  # main may run many commands in one process (tests): leave the environment as it was
+        if before is None:
+            os.environ.pop("STACKFORGE_STACK", None)
+        else:
+            os.environ["STACKFORGE_STACK"] = before
+
+
+def _failed(args: argparse.Namespace, text: str, message: str, hint: str | None, code: int) -> int:
+    err.print(f"[red]error:[/red] {escape(text)}")
+    if getattr(args, "json", False) and not json_printed():  # a script reads stdout: JSON, always
+        print_json({"ok": False, "error": message, "hint": hint, "exit_code": code})
+    return code
 
 
 if __name__ == "__main__":

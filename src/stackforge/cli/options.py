@@ -18,6 +18,16 @@ def add_root(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     parser.add_argument("--root", default=None if top else argparse.SUPPRESS, help=ROOT_HELP)
 
 
+STACK_HELP = "the stack: stacks/NAME/ of the workspace (default: $STACKFORGE_STACK, else the one at the root)"
+
+
+def add_stack(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """--stack on the top parser and on every command, like --root."""
+    parser.add_argument(
+        "--stack", metavar="NAME", default=None if top else argparse.SUPPRESS, help=STACK_HELP
+    )
+
+
 def add_env(parser: argparse.ArgumentParser, *, required: bool = True, fallback: str | None = None) -> None:
     """-e/--env: the GPU environment, recipes/variants/<env>.yaml; default $STACKFORGE_ENV (the pixi
     environments pascal and volta set it). `fallback` says what a command uses when neither is given;

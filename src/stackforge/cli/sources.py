@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 
 from stackforge.cli.options import add_dry_run, add_json
-from stackforge.core.console import UsageError, err, out, print_json
+from stackforge.core.console import UsageError, err, escape, out, print_json
 
 
 def _mirror_arg(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +51,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     manifest = load_manifest(ws.manifest)
     checkouts = Checkouts(ws, quiet=True)
     rows = [checkouts.status(src) for src in manifest.sources]
+    if not args.json:
+        from stackforge.spec.stack import describe
+
+        err.print(escape(f"stack {describe(ws) or '(no stack.yaml)'}; pins from {ws.manifest}"))
     if args.json:
         print_json([{**asdict(r), "up_to_date": r.up_to_date} for r in rows])
         return 0

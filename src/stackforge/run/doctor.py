@@ -20,12 +20,12 @@ from pathlib import Path
 
 from rich.table import Table
 
-from stackforge.core.console import StackforgeError, out
+from stackforge.core.console import StackforgeError, escape, out
 from stackforge.core.workspace import Workspace
 from stackforge.cuda.fatbin import Embedded, Sass
 from stackforge.run.gpus import QUERY, Gpu, _smi, find_nvidia_smi, parse_smi_csv, version_tuple
 from stackforge.spec.envs import env_for_capability, load_env
-from stackforge.spec.stack import load_stack
+from stackforge.spec.stack import describe, load_stack
 
 # R580 is the last driver branch that supports Maxwell, Pascal and Volta (NVIDIA's CUDA 13.0 and
 # R580 release notes). Newer branches drop compute capability < 7.5.
@@ -81,6 +81,7 @@ class Report:
     recommended_devices: str | None = None  # nvidia-smi indices, for CUDA_VISIBLE_DEVICES on mixed boxes
     packages: dict = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    stack: str | None = None  # the stack whose versions the installed packages are checked against
 
     @property
     def errors(self) -> list[str]:
@@ -95,6 +96,7 @@ class Report:
 
     def to_json(self) -> dict:
         return {
+            "stack": self.stack,
             "nvidia_smi": self.nvidia_smi,
             "smi_message": self.smi_message,
             "gpus": [{**asdict(g), "compute_capability": g.capability} for g in self.gpus],
@@ -328,10 +330,13 @@ def diagnose(ws: Workspace | None, python: str) -> Report:
     check_driver(report, ws)
     report.packages = probe_packages(python)
     check_packages(report, ws)
+    report.stack = describe(ws)
     return report
 
 
 def render(report: Report) -> None:
+    if report.stack:
+        out.print(escape(f"stack {report.stack}"))
     if report.gpus:
         table = Table(title=f"GPUs (from {report.nvidia_smi})", title_justify="left")
         for column in ("#", "name", "compute capability", "driver", "environment"):

@@ -70,3 +70,14 @@ def load_stack(ws: Workspace) -> Stack:
 def stack_context(ws: Workspace) -> dict[str, str]:
     """The recipes' `stack_*` variables; none for a workspace without a stack file (the demo)."""
     return load_stack(ws).context() if ws.stack_file.is_file() else {}
+
+
+def describe(ws: Workspace | None) -> str | None:
+    """'vllm-0.14: vllm 0.14.0, pytorch 2.9.1, triton 3.5.1' for the workspace's chosen stack."""
+    if ws is None or not ws.stack_file.is_file():
+        return None
+    try:
+        stack = load_stack(ws)
+    except UsageError as exc:
+        return f"unreadable ({exc.message})"
+    return f"{stack.name}: " + ", ".join(f"{n} {v}" for n, v in stack.versions.items())
