@@ -23,11 +23,13 @@ import pytest
 
 from stackforge.core.console import Failure
 from stackforge.core.git import HERMETIC
+from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels import overlay as triton_overlay
-from stackforge.verify.kernels.audit import audit, smem_limit
+from stackforge.verify.kernels.audit import audit
 from stackforge.verify.kernels.loader import KernelLoader
+from stackforge.verify.numerics import checks, records
 from stackforge.verify.numerics import gpu as numerics
-from stackforge.verify.numerics.gpu import RECORD_SCHEMA
+from stackforge.verify.numerics.records import RECORD_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON_SERIES = sorted((REPO / "patches" / "triton").glob("*.patch"))
@@ -296,8 +298,8 @@ def test_run_without_a_gpu_fails_after_the_report(tmp_path: Path) -> None:
 
 
 def test_limits_are_what_triton_may_opt_into() -> None:
-    assert smem_limit(60) == smem_limit(61) == 49152
-    assert smem_limit(70) == 98304
+    assert CAPABILITIES[60].smem_per_block_optin == CAPABILITIES[61].smem_per_block_optin == 49152
+    assert CAPABILITIES[70].smem_per_block_optin == 98304
 
 
 # --- vLLM 0.14.0 itself (downloads the sdist once) ---------------------------------------------------
@@ -316,9 +318,10 @@ SUBSET = [
 def vllm_trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(unpatched sdist tree, the same tree with patches/vllm applied by `git am`)."""
     from stackforge.verify.upstream import pypi as upstream
+    from stackforge.verify.upstream import repos
 
     plain = upstream.vllm_sdist()
-    patched = upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm") / "src")
+    patched = repos.upstream_repo("vllm", tmp_path_factory.mktemp("vllm") / "src")
     done = subprocess.run(
         ["git", "am", "--quiet", *map(str, VLLM_SERIES)],
         cwd=patched,
@@ -378,7 +381,7 @@ def test_series_compiles_for_pascal_and_volta(
     assert not report.failures, [(r.case, r.arch, r.status, r.message) for r in report.failures]
     assert report.triton["how"] == "overlay" and len(report.triton["patches"]) == len(TRITON_SERIES)
     for r in report.results:
-        assert 0 <= r.shared <= smem_limit(r.arch)
+        assert 0 <= r.shared <= CAPABILITIES[r.arch].smem_per_block_optin
     pp = {r.arch: r for r in report.results if r.case == "prefix_prefill/h256"}
     assert all(r.shared <= 49152 for a, r in pp.items() if a < 70)
     saved = sorted((tmp_path / "ptx").glob("sm_*/*.json"))
@@ -393,9 +396,7 @@ def test_series_compiles_for_pascal_and_volta(
         assert record["check"] == record["kernel"] and all(
             a["tensor"] in record["tensors"] for a in launch["args"] if "tensor" in a
         )
-    runnable = {
-        r["check"] for _, r in numerics.load_records(tmp_path / "ptx") if r["check"] in numerics.CHECKS
-    }
+    runnable = {r["check"] for _, r in records.load_records(tmp_path / "ptx") if r["check"] in checks.CHECKS}
     assert runnable == {"prefix_prefill", "encoder_prefill_attention", "unified_attention_2d"}
 
 

@@ -17,8 +17,9 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
 
     from stackforge.core.workspace import find_workspace
     from stackforge.spec.envs import load_env
-    from stackforge.verify.kernels.audit import audit, build_numerics, no_gpu, print_report, run_numerics
+    from stackforge.verify.kernels.audit import audit, build_numerics, no_gpu, run_numerics
     from stackforge.verify.kernels.cases import HEAD_SIZES
+    from stackforge.verify.kernels.report import print_report
     from stackforge.verify.numerics import gpu as numerics
 
     ws = find_workspace(args.root)
