@@ -26,8 +26,10 @@ are built first, so they can be carried to a machine that has one.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stackforge.core.console import EXIT_FAILED, EXIT_OK, Failure, UsageError, err, out
 from stackforge.core.workspace import Workspace
+from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels.cases import HEAD_SIZES, Case, all_cases
 from stackforge.verify.kernels.report import Report, Result, print_report
 from stackforge.verify.kernels.worker import Worker, WorkerLost, overlay_env
@@ -43,8 +46,25 @@ from stackforge.verify.kernels.worker import Worker, WorkerLost, overlay_env
 __all__ = ["audit", "build_numerics", "no_gpu", "print_report", "run_audit", "run_numerics", "select_cases"]
 
 
-def select_cases(kernels: list[str] | None, head_sizes: tuple[int, ...]) -> list[Case]:
-    cases = all_cases(head_sizes)
+def _fp16(model_type: str) -> str:
+    return "float16"
+
+
+BACKENDS = ("rocm_attn",)  # opt-in groups of `--backends`
+DEFAULT_TIMEOUT = 600.0  # seconds per compile (one case, all archs of a major)
+
+
+def select_cases(
+    kernels: list[str] | None,
+    head_sizes: tuple[int, ...],
+    backends: tuple[str, ...] = (),
+    dtype_of: Callable[[str], str] | None = None,
+) -> tuple[list[Case], dict[str, str]]:
+    """The cases to audit, and the kernels left out (kernel -> how to audit it). Kernels only a
+    backend vLLM never picks on these GPUs reaches (ROCM_ATTN) are opt-in: `backends`, or named
+    in `kernels`. A model's cases are kept in the dtype `dtype_of(model_type)` vLLM runs it in
+    (default float16)."""
+    cases = [c for c in all_cases(head_sizes) if not c.model or c.dtype == (dtype_of or _fp16)(c.model)]
     if kernels:
         cases = [c for c in cases if any(c.kernel == k or c.id.startswith(k) for k in kernels)]
         if not cases:
@@ -52,7 +72,26 @@ def select_cases(kernels: list[str] | None, head_sizes: tuple[int, ...]) -> list
             raise UsageError(
                 f"no kernel matches {', '.join(kernels)}", hint=f"known kernels: {', '.join(known)}"
             )
-    return cases
+        return cases, {}
+    skipped = {c.kernel: f"only {c.reached_by.split(' (')[0]} reaches it: --backends {c.opt_in}"
+               for c in cases if c.opt_in and c.opt_in not in backends}  # fmt: skip
+    return [c for c in cases if not c.opt_in or c.opt_in in backends], skipped
+
+
+def cache_root() -> Path:
+    """Triton's cache for the audit: $STACKFORGE_CACHE/triton, else ~/.cache/stackforge/triton.
+    Triton keys every entry by its own files (the overlay's patched compiler.py included), so
+    patched and unpatched compiles never mix, and every clone and CI run of a user shares it."""
+    env = os.environ.get("STACKFORGE_CACHE")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "stackforge") / "triton"
+
+
+def _groups(archs: list[int]) -> list[list[int]]:
+    """Archs of one major together, lowest first: Triton runs once per group."""
+    by_major: dict[int, list[int]] = {}
+    for a in sorted(archs):
+        by_major.setdefault(a // 10, []).append(a)
+    return list(by_major.values())
 
 
 def run_audit(
@@ -66,52 +105,65 @@ def run_audit(
     save: Path | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    cache: Path | None = None,
 ) -> list[Result]:
-    """Compile every case for every arch in `jobs` worker processes; results in case order."""
-    items = [(c, a) for c in cases for a in archs]
+    """Compile every case for every arch in `jobs` worker processes that take the next item from
+    one queue, most expensive first; results in case order. A worker that dies or overruns
+    `timeout` costs its own item (status worker-died / timeout), and a fresh worker goes on."""
+    groups = _groups(archs)
+    items = sorted(((c, g) for c in cases for g in groups), key=lambda item: -item[0].cost)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(items)))
-    env = overlay_env(triton_path, state / "triton-cache")
-    logs = state / "logs"
+    env = overlay_env(triton_path, cache or cache_root())
+    logs = state / "logs" / f"kernel-audit-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     modules = sorted({c.module for c in cases})
     results: dict[tuple[str, int], Result] = {}
-    task = progress.add_task("compiling", total=len(items)) if progress else None
+    todo: queue.Queue[tuple[Case, list[int]]] = queue.Queue()
+    for item in items:
+        todo.put(item)
+    task = progress.add_task("compiling", total=len(cases) * len(archs)) if progress else None
     lock = threading.Lock()
 
-    def work(index: int, share: list[tuple[Case, int]]) -> None:
-        log = logs / f"kernel-audit-worker-{index}.log"
-        log.unlink(missing_ok=True)
-        worker = Worker("stackforge.verify.kernels.audit_worker", env, log)
-        try:
-            for case, arch in share:
-                if progress:
-                    progress.update(task, description=f"sm_{arch} {case.id}")
-                req = {"case": case.id, "arch": arch, "vllm_src": str(vllm_src), "head_sizes": list(head_sizes),
-                       "save": str(save) if save else None, "modules": modules}  # fmt: skip
-                for msg in worker.request(req):
+    def record(res: Result) -> None:
+        with lock:
+            results[(res.case, res.arch)] = res
+            if progress:
+                progress.advance(task)
+
+    def work(index: int) -> None:
+        worker: Worker | None = None
+        while True:
+            try:
+                case, group = todo.get_nowait()
+            except queue.Empty:
+                break
+            if worker is None:
+                worker = Worker("stackforge.verify.kernels.audit_worker", env, logs / f"worker-{index}.log")
+            if progress:
+                progress.update(task, description=f"{'/'.join(f'sm_{a}' for a in group)} {case.id}")
+            req = {"case": case.id, "archs": group, "vllm_src": str(vllm_src), "head_sizes": list(head_sizes),
+                   "save": str(save) if save else None, "modules": modules}  # fmt: skip
+            try:
+                for msg in worker.request(req, timeout=timeout):
                     msg.pop("event")
-                    res = Result(**msg)
-                    with lock:
-                        results[(res.case, res.arch)] = res
-                        if progress:
-                            progress.advance(task)
-        except WorkerLost:
-            pass  # its cases get no result: reported below
-        else:
+                    record(Result(**msg))
+            except WorkerLost as exc:
+                worker = None
+                status = "timeout" if "no answer" in exc.why else "worker-died"
+                for arch in group:
+                    if (case.id, arch) not in results:
+                        record(Result(case.id, case.kernel, case.shape, arch, status, reach=case.reach,
+                                      message=f"{exc.why}; log: {logs / f'worker-{index}.log'}",
+                                      limit=CAPABILITIES[arch].smem_per_block_optin, reached_by=case.reached_by))  # fmt: skip
+        if worker is not None:
             worker.close()
 
-    shares = [items[i::jobs] for i in range(jobs)]
-    threads = [threading.Thread(target=work, args=(i, s), daemon=True) for i, s in enumerate(shares)]
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(jobs)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    missing = [(c.id, a) for c, a in items if (c.id, a) not in results]
-    if missing:
-        raise Failure(
-            f"{len(missing)} compile(s) got no result (first: {missing[0][0]} for sm_{missing[0][1]}): a worker died",
-            hint=f"see the worker logs in {logs}",
-        )
-    return [results[(c.id, a)] for c, a in items]
+    return [results[(c.id, a)] for c in cases for a in archs]
 
 
 def audit(
@@ -127,6 +179,8 @@ def audit(
     save: Path | None = None,
     jobs: int | None = None,
     show_progress: bool = True,
+    backends: tuple[str, ...] = (),
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Report:
     from stackforge.verify.kernels import overlay as triton_overlay
 
@@ -136,7 +190,11 @@ def audit(
             hint="run `stackforge clone vllm` (v0.14.0 + patches/vllm) or pass --vllm-src DIR",
         )
     setup = triton_overlay.prepare(state, triton_patches)
-    cases = select_cases(kernels, head_sizes)
+    from stackforge.verify.kernels.dtypes import auto_dtype
+
+    cases, skipped = select_cases(
+        kernels, head_sizes, backends, lambda m: auto_dtype(vllm_src, min(archs), m)
+    )
     report = Report(
         env_name,
         archs,
@@ -149,8 +207,9 @@ def audit(
     with Progress(*columns, console=err, transient=True, disable=not show_progress) as progress:
         report.results = run_audit(
             vllm_src=vllm_src, archs=archs, cases=cases, head_sizes=head_sizes, triton_path=setup.path,
-            state=state, save=save, jobs=jobs, progress=progress,
+            state=state, save=save, jobs=jobs, progress=progress, timeout=timeout,
         )  # fmt: skip
+    report.skipped = skipped
     report.seconds = time.monotonic() - start
     return report
 

@@ -18,12 +18,139 @@ tensors; `--save-ptx` writes them out so the numerics run can allocate real ones
 
 from __future__ import annotations
 
-from stackforge.verify.kernels.cases_attention import HEAD_SIZES, attention_cases
+import dataclasses
+
+from stackforge.verify.kernels.cases_attention import (
+    HEAD_SIZES,
+    Attn,
+    encoder_prefill,
+    paged_attention_2d,
+    prefix_prefill,
+    prefix_prefill_alibi,
+    reduce_segments,
+    reshape_and_cache,
+    unified_2d,
+    unified_3d,
+)
 from stackforge.verify.kernels.cases_other import other_cases
 from stackforge.verify.kernels.launch import Case
 
 __all__ = ["HEAD_SIZES", "Case", "all_cases", "attention_cases", "other_cases"]
 
 
+# --- attention: the catalogue -------------------------------------------------------------------------------
+
+_OPS = "vllm.v1.attention.ops."
+_TRITON_ATTN = "TRITON_ATTN (default on sm < 80)"
+_ROCM_ATTN = "ROCM_ATTN (--attention-backend ROCM_ATTN; no capability check)"
+ROCM_ONLY = ("prefix_prefill", "prefix_prefill_alibi", "paged_attention_2d")
+# Seconds of a cold compile (Triton for sm_60, then ptxas alone for sm_61) measured by a cold
+# `audit kernels -e pascal` on 2 shared cores (docs/kernel-audit.md); only the order matters:
+# the queue hands out the most expensive first. ROCM_ATTN kernels: from the audit before they
+# became opt-in (prefix prefill was the slowest by far). Unlisted cases count as 1.
+COST = {"sample_recovered_tokens/v128256": 22.8, "sample_recovered_tokens/v32000": 8.9,
+        "encoder_prefill_attention/h64": 7.7, "lora_shrink/s3": 7.1, "lora_shrink/s1": 5.8,
+        "unified_attention_2d/h256": 5.7, "unified_attention_3d/h256": 4.0, "lora_expand/s3": 3.8,
+        "prefix_prefill": 25.0, "prefix_prefill_alibi": 15.0, "paged_attention_2d": 10.0}  # fmt: skip
+
+
+def cost(case: Case) -> float:
+    return COST.get(case.id, COST.get(case.kernel, 1.0 if not case.opt_in else 10.0))
+
+
+def _reach(kernel: str) -> dict[str, str]:
+    if kernel in ROCM_ONLY:  # vLLM picks TRITON_ATTN on sm < 80; ROCM_ATTN only when asked for
+        return {"reach": "not-default-backend", "opt_in": "rocm_attn"}
+    if kernel == "encoder_prefill_attention":
+        return {"reach": "model"}  # encoder / encoder-only layers (BERT-style, Whisper, ViT towers)
+    return {"reach": "default"}
+
+
+def attention_cases(head_sizes: tuple[int, ...] = HEAD_SIZES) -> list[Case]:
+    cases = []
+    for h in head_sizes:
+        a = Attn(h)
+        shape = f"head={h} q_heads=32 kv_heads=8 block=16 fp16"
+        table = (
+            ("reshape_and_cache_flash", "triton_reshape_and_cache_flash", "reshape_and_cache_kernel_flash",
+             "triton_reshape_and_cache_flash.py:triton_reshape_and_cache_flash", _TRITON_ATTN + ", every step",
+             reshape_and_cache(a)),
+            ("unified_attention_2d", "triton_unified_attention", "kernel_unified_attention_2d",
+             "triton_unified_attention.py:unified_attention", _TRITON_ATTN + ", prefill and mixed batches",
+             unified_2d(a)),
+            ("unified_attention_3d", "triton_unified_attention", "kernel_unified_attention_3d",
+             "triton_unified_attention.py:unified_attention", _TRITON_ATTN + ", decode-only batches",
+             unified_3d(a)),
+            ("reduce_segments", "triton_unified_attention", "reduce_segments",
+             "triton_unified_attention.py:unified_attention", _TRITON_ATTN + ", after the 3D kernel",
+             reduce_segments(a)),
+            ("encoder_prefill_attention", "triton_prefill_attention", "_fwd_kernel",
+             "triton_prefill_attention.py:context_attention_fwd", _TRITON_ATTN + ", encoder layers",
+             encoder_prefill(a)),
+            ("prefix_prefill", "prefix_prefill", "_fwd_kernel", "prefix_prefill.py:context_attention_fwd",
+             _ROCM_ATTN + ", prefill", prefix_prefill(a)),
+            ("prefix_prefill_alibi", "prefix_prefill", "_fwd_kernel_alibi",
+             "prefix_prefill.py:context_attention_fwd", _ROCM_ATTN + ", prefill of ALiBi models",
+             prefix_prefill_alibi(a)),
+            ("paged_attention_2d", "chunked_prefill_paged_decode", "kernel_paged_attention_2d",
+             "chunked_prefill_paged_decode.py:chunked_prefill_paged_decode", _ROCM_ATTN + ", decode",
+             paged_attention_2d(a)),
+        )  # fmt: skip
+        for kernel, module, function, launcher, reached_by, build in table:
+            cases.append(
+                Case(
+                    f"{kernel}/h{h}",
+                    kernel,
+                    _OPS + module,
+                    function,
+                    launcher,
+                    reached_by,
+                    shape,
+                    build,
+                    **_reach(kernel),
+                )
+            )
+    return cases
+
+
+# TRITON_ATTN launches of real models, with the branches the generic cases leave off. Values from
+# each model's config.json: (vLLM model_type, model, Attn of head_dim, heads, KV heads, window, softcap).
+MODELS = (
+    ("gemma2", "Gemma 2 9B", dict(head_size=256, num_q_heads=16, num_kv_heads=8, sliding_window=4096, softcap=50.0)),
+    ("gemma3", "Gemma 3 4B", dict(head_size=256, num_q_heads=8, num_kv_heads=4, sliding_window=1024)),
+    ("glm4", "GLM-4 9B 0414", dict(head_size=128, num_q_heads=32, num_kv_heads=2)),
+    ("qwen2", "Qwen2.5 7B", dict(head_size=128, num_q_heads=28, num_kv_heads=4)),
+)  # fmt: skip
+_MODEL_KERNELS = (
+    ("reshape_and_cache_flash", "triton_reshape_and_cache_flash", "reshape_and_cache_kernel_flash", reshape_and_cache),
+    ("unified_attention_2d", "triton_unified_attention", "kernel_unified_attention_2d", unified_2d),
+    ("unified_attention_3d", "triton_unified_attention", "kernel_unified_attention_3d", unified_3d),
+    ("reduce_segments", "triton_unified_attention", "reduce_segments", reduce_segments),
+)  # fmt: skip
+
+
+def model_cases() -> list[Case]:
+    """Each model's TRITON_ATTN launches in float16 and in float32; `select_cases` keeps the dtype
+    vLLM picks for it (`dtypes.auto_dtype`: float32 for the families vLLM refuses in float16)."""
+    cases = []
+    for model_type, name, attn in MODELS:
+        for dtype in ("float16", "float32"):
+            a = Attn(**attn, dtype=dtype)
+            extra = "".join(
+                [f" window={a.sliding_window}"] * bool(a.sliding_window)
+                + [f" softcap={a.softcap:g}"] * bool(a.softcap)
+            )
+            shape = (
+                f"{name}: head={a.head_size} q_heads={a.num_q_heads} kv_heads={a.num_kv_heads}{extra} {dtype}"
+            )
+            for kernel, module, function, build in _MODEL_KERNELS:
+                cases.append(Case(f"{kernel}/{model_type}-{'fp32' if dtype == 'float32' else 'fp16'}", kernel,
+                                  _OPS + module, function, "triton_attn.py:TritonAttentionImpl.forward",
+                                  f"{_TRITON_ATTN}, {name}", shape, build(a), reach="model", model=model_type,
+                                  dtype=dtype))  # fmt: skip
+    return cases
+
+
 def all_cases(head_sizes: tuple[int, ...] = HEAD_SIZES) -> list[Case]:
-    return attention_cases(head_sizes) + other_cases()
+    cases = attention_cases(head_sizes) + model_cases() + other_cases()
+    return [dataclasses.replace(c, cost=cost(c)) for c in cases]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from stackforge.verify.kernels.launch import Case, DType, Launch, Tensor
+from stackforge.verify.kernels.launch import DType, Launch, Tensor
 
 HEAD_SIZES = (64, 80, 96, 128, 256)
 
@@ -28,6 +28,18 @@ class Attn:
     # (query_lens, seq_lens) in place of the builder's default batch (PREFILL, DECODE, the encoder's
     # lengths): the numerics suite runs the same launches at other batches
     lens: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    # launch branches of real models (TRITON_ATTN passes them as constexprs): Gemma 2's logit
+    # softcap, sliding-window layers, gpt-oss's attention sinks
+    softcap: float = 0.0
+    sliding_window: int = 0
+    sinks: bool = False
+
+    def branches(self) -> dict[str, Any]:
+        """The unified kernels' keyword arguments for these branches, as triton_attn.py passes them
+        (SLIDING_WINDOW = 1 + window_size[0] = the model's window; sinks are float32)."""
+        sink = Tensor("float32", (self.num_q_heads,), role="sinks") if self.sinks else None
+        return dict(softcap=self.softcap, USE_SOFTCAP=self.softcap > 0, SLIDING_WINDOW=self.sliding_window,
+                    sink_ptr=sink, USE_SINKS=self.sinks)  # fmt: skip
 
     def pick(self, default: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
         return (list(self.lens[0]), list(self.lens[1])) if self.lens else default
@@ -122,6 +134,7 @@ def unified_2d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
             query_start_len_ptr=t["cu_seqlens_q"], BLOCK_Q=block_q, num_seqs=b["num_seqs"],
             BLOCK_M=block_m, USE_FP8=False,
         )  # fmt: skip
+        kw.update(a.branches())
         return Launch(
             kwargs=kw, grid=grid, scenario=b | {"BLOCK_M": block_m, "BLOCK_Q": block_q, "TILE_SIZE": tile}
         )
@@ -169,6 +182,7 @@ def unified_3d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
             stride_v_cache_3=v.stride(3), query_start_len_ptr=t["cu_seqlens_q"], BLOCK_Q=block_q,
             num_seqs=b["num_seqs"], BLOCK_M=block_m, NUM_SEGMENTS_PER_SEQ=NUM_SEGMENTS,
         )  # fmt: skip
+        kw.update(a.branches())
         return Launch(
             kwargs=kw, grid=grid, scenario=b | {"BLOCK_M": block_m, "BLOCK_Q": block_q, "TILE_SIZE": tile}
         )
@@ -352,47 +366,3 @@ def paged_attention_2d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
         return Launch(kwargs=kw, grid=(b["num_seqs"], a.num_kv_heads), scenario=b | {"x": x})
 
     return build
-
-
-# --- the catalogue -------------------------------------------------------------------------------
-
-_OPS = "vllm.v1.attention.ops."
-_TRITON_ATTN = "TRITON_ATTN (default on sm < 80)"
-_ROCM_ATTN = "ROCM_ATTN (--attention-backend ROCM_ATTN; no capability check)"
-
-
-def attention_cases(head_sizes: tuple[int, ...] = HEAD_SIZES) -> list[Case]:
-    cases = []
-    for h in head_sizes:
-        a = Attn(h)
-        shape = f"head={h} q_heads=32 kv_heads=8 block=16 fp16"
-        table = (
-            ("reshape_and_cache_flash", "triton_reshape_and_cache_flash", "reshape_and_cache_kernel_flash",
-             "triton_reshape_and_cache_flash.py:triton_reshape_and_cache_flash", _TRITON_ATTN + ", every step",
-             reshape_and_cache(a)),
-            ("unified_attention_2d", "triton_unified_attention", "kernel_unified_attention_2d",
-             "triton_unified_attention.py:unified_attention", _TRITON_ATTN + ", prefill and mixed batches",
-             unified_2d(a)),
-            ("unified_attention_3d", "triton_unified_attention", "kernel_unified_attention_3d",
-             "triton_unified_attention.py:unified_attention", _TRITON_ATTN + ", decode-only batches",
-             unified_3d(a)),
-            ("reduce_segments", "triton_unified_attention", "reduce_segments",
-             "triton_unified_attention.py:unified_attention", _TRITON_ATTN + ", after the 3D kernel",
-             reduce_segments(a)),
-            ("encoder_prefill_attention", "triton_prefill_attention", "_fwd_kernel",
-             "triton_prefill_attention.py:context_attention_fwd", _TRITON_ATTN + ", encoder layers",
-             encoder_prefill(a)),
-            ("prefix_prefill", "prefix_prefill", "_fwd_kernel", "prefix_prefill.py:context_attention_fwd",
-             _ROCM_ATTN + ", prefill", prefix_prefill(a)),
-            ("prefix_prefill_alibi", "prefix_prefill", "_fwd_kernel_alibi",
-             "prefix_prefill.py:context_attention_fwd", _ROCM_ATTN + ", prefill of ALiBi models",
-             prefix_prefill_alibi(a)),
-            ("paged_attention_2d", "chunked_prefill_paged_decode", "kernel_paged_attention_2d",
-             "chunked_prefill_paged_decode.py:chunked_prefill_paged_decode", _ROCM_ATTN + ", decode",
-             paged_attention_2d(a)),
-        )  # fmt: skip
-        for kernel, module, function, launcher, reached_by, build in table:
-            cases.append(
-                Case(f"{kernel}/h{h}", kernel, _OPS + module, function, launcher, reached_by, shape, build)
-            )
-    return cases

@@ -210,6 +210,11 @@ def mrope(mod: ModuleType, arch: int, smem: int) -> Launch:
     return Launch(args, {}, (tokens,), {"tokens": tokens, "q_heads": qh, "kv_heads": kh, "head_size": hd})
 
 
+REACH = {"lora_shrink": "option", "lora_expand": "option", "fused_moe": "model",
+         "rejection_greedy_sample": "option", "rejection_random_sample": "option",
+         "sample_recovered_tokens": "option", "expand_spec": "option", "bincount": "option", "mrope": "model"}  # fmt: skip
+
+
 def other_cases() -> list[Case]:
     lora = "vllm.lora.ops.triton_ops."
     moe = "vllm.model_executor.layers.fused_moe.fused_moe"
@@ -244,5 +249,5 @@ def other_cases() -> list[Case]:
         ("mrope", "vllm.model_executor.layers.rotary_embedding.mrope", "_triton_mrope_forward",
          "mrope.py:triton_mrope", "Qwen2/2.5-VL multimodal RoPE", "64 tokens 28/4 heads of 128", "qwen2.5vl", mrope),
     ]  # fmt: skip
-    return [Case(f"{k}/{tag}", k, mod, fn, launcher, reached, shape, build)
+    return [Case(f"{k}/{tag}", k, mod, fn, launcher, reached, shape, build, reach=REACH[k])
             for k, mod, fn, launcher, reached, shape, tag, build in table]  # fmt: skip

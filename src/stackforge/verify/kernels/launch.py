@@ -94,3 +94,11 @@ class Case:
     reached_by: str  # which vLLM path runs it on Pascal/Volta
     shape: str  # human label of the scenario
     build: Callable[[ModuleType, int, int], Launch]  # (module, arch, shared-memory limit) -> Launch
+    # who reaches it on Pascal/Volta: "default" (every model, default options), "model" (some
+    # models only), "option" (a vLLM option turns it on), "not-default-backend" (a backend vLLM
+    # never picks on these GPUs by itself)
+    reach: str = "default"
+    opt_in: str = ""  # audited only with `--backends <opt_in>` (or --all)
+    model: str = ""  # a model's launch (its config's heads, window, softcap): vLLM's model_type
+    dtype: str = "float16"  # the activations' dtype; model cases exist in each, the audit keeps vLLM's pick
+    cost: float = 1.0  # static estimate of the compile time, for scheduling (longest first)

@@ -16,24 +16,34 @@ class SharedMemoryOver(Exception):
         self.needed, self.limit = needed, limit
 
 
+def _check_shared(metadata: dict, capability: int) -> None:
+    needed = metadata.get("shared", 0)
+    limit = CAPABILITIES[capability].smem_per_block_optin if capability in CAPABILITIES else None
+    if limit is not None and needed > limit:
+        raise SharedMemoryOver(needed, limit)
+
+
 def guard_shared_memory() -> None:
-    """Stop a compile before ptxas when the kernel cannot launch anyway (Triton would raise
-    OutOfResources at load time): ptxas takes minutes on the big unrolled FMA kernels."""
+    """Stop a compile as soon as its shared memory is known and over the limit (Triton would
+    raise OutOfResources at load time): Triton's make_llir allocates shared memory and records
+    it in the metadata, so the check runs before LLVM's code generation (make_ptx) and again
+    before ptxas (make_cubin), which takes minutes on the big unrolled FMA kernels."""
     from triton.backends.nvidia.compiler import CUDABackend
 
-    original = CUDABackend.make_cubin
-    if getattr(original, "stackforge_guard", False):
+    if getattr(CUDABackend.make_cubin, "stackforge_guard", False):
         return
+    make_ptx_original, make_cubin_original = CUDABackend.make_ptx, CUDABackend.make_cubin
+
+    def make_ptx(self: Any, src: Any, metadata: dict, opt: Any, capability: int) -> str:
+        _check_shared(metadata, capability)
+        return make_ptx_original(self, src, metadata, opt, capability)
 
     def make_cubin(self: Any, src: str, metadata: dict, opt: Any, capability: int) -> bytes:
-        needed = metadata.get("shared", 0)
-        limit = CAPABILITIES[capability].smem_per_block_optin if capability in CAPABILITIES else None
-        if limit is not None and needed > limit:
-            raise SharedMemoryOver(needed, limit)
-        return original(self, src, metadata, opt, capability)
+        _check_shared(metadata, capability)
+        return make_cubin_original(self, src, metadata, opt, capability)
 
     make_cubin.stackforge_guard = True  # type: ignore[attr-defined]
-    CUDABackend.make_cubin = make_cubin
+    CUDABackend.make_ptx, CUDABackend.make_cubin = make_ptx, make_cubin
 
 
 def compile_launch(fn: Any, launch: Launch, arch: int) -> tuple[Any, dict, dict]:
@@ -54,6 +64,7 @@ def compile_launch(fn: Any, launch: Launch, arch: int) -> tuple[Any, dict, dict]
         kernel = triton.compile(
             ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
         )
+    kernel.stackforge_options = options.__dict__  # what a retargeted ptxas run needs
     return kernel, dict(bound), signature
 
 

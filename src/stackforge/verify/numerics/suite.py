@@ -98,7 +98,8 @@ ENCODER = (  # patches/vllm 0021: BLOCK from the shared-memory limit
 
 def suite_items() -> list[Item]:
     """Every Triton record of the suite except the archs: atomics kernels, then vLLM attention."""
-    from stackforge.verify.kernels import cases_attention as kc
+    from stackforge.verify.kernels import cases as kc
+    from stackforge.verify.kernels import cases_attention as ka
     from stackforge.verify.numerics.atomics import atomic_cases
 
     items = [
@@ -113,20 +114,20 @@ def suite_items() -> list[Item]:
         )
 
     for i, (kind, a) in enumerate(UNIFIED_2D):
-        case = vcase("unified_attention_2d", kc.unified_2d, a, f"n{i}")
+        case = vcase("unified_attention_2d", ka.unified_2d, a, f"n{i}")
         items.append(Item(f"unified_attention_2d-{i}", "unified_attention_2d", "kernel_unified_attention_2d",
                           _attn_label(kind, a), (case,)))  # fmt: skip
     for i, (kind, a) in enumerate(UNIFIED_3D):
-        pair = (vcase("unified_attention_3d", kc.unified_3d, a, f"n{i}"),
-                vcase("reduce_segments", kc.reduce_segments, a, f"n{i}"))  # fmt: skip
+        pair = (vcase("unified_attention_3d", ka.unified_3d, a, f"n{i}"),
+                vcase("reduce_segments", ka.reduce_segments, a, f"n{i}"))  # fmt: skip
         items.append(Item(f"unified_attention_3d-{i}", "unified_attention_3d+reduce_segments",
                           "kernel_unified_attention_3d + reduce_segments", _attn_label(kind, a), pair))  # fmt: skip
     for kind, a in PREFIX_PREFILL:
-        case = vcase("prefix_prefill", kc.prefix_prefill, a, f"h{a.head_size}")
+        case = vcase("prefix_prefill", ka.prefix_prefill, a, f"h{a.head_size}")
         items.append(Item(f"prefix_prefill-h{a.head_size}", "prefix_prefill", "prefix_prefill _fwd_kernel",
                           _attn_label(kind, a), (case,)))  # fmt: skip
     for kind, a in ENCODER:
-        case = vcase("encoder_prefill_attention", kc.encoder_prefill, a, f"h{a.head_size}")
+        case = vcase("encoder_prefill_attention", ka.encoder_prefill, a, f"h{a.head_size}")
         items.append(Item(f"encoder_prefill_attention-h{a.head_size}", "encoder_prefill_attention",
                           "triton_prefill_attention _fwd_kernel", _attn_label(kind, a), (case,)))  # fmt: skip
     return items
