@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import sys
@@ -79,12 +80,30 @@ def _save(save: Path | None, case: Case, arch: int, compiled: tuple, ptx: str | 
     write_record(save / f"sm_{arch}", _safe(case.id), record, [ptx] if ptx is not None else ptxs)
 
 
+def _verdict_path(fn: Any, launch: Any, arch: int) -> Path:
+    """Where a failed compile's verdict is kept: Triton caches only what compiles, and a kernel over
+    the shared-memory limit would otherwise run Triton up to make_llir on every warm audit. Keyed
+    by the kernel's source and callees (`JITFunction.cache_key`), the launch, the arch and Triton's
+    own files (`triton_key`, the overlay's patched compiler.py included)."""
+    from triton.runtime.cache import triton_key
+
+    key = hashlib.sha256(f"{fn.cache_key}\0{launch!r}\0{arch}\0{triton_key()}".encode()).hexdigest()
+    return Path(os.environ.get("TRITON_CACHE_DIR", "")) / "stackforge-verdicts" / f"{key}.json"
+
+
 def run_case(case: Case, module: Any, arch: int, save: Path | None) -> tuple[Result, tuple | None]:
     """Compile `case` for `arch` with Triton: the result and (kernel, bound, signature, launch)."""
     res, start, compiled = _result(case, arch), time.monotonic(), None
+    verdict: Path | None = None
     try:
         launch = case.build(module, arch, _limit(arch))
-        kernel, bound, signature = compile_launch(getattr(module, case.function), launch, arch)
+        fn = getattr(module, case.function)
+        verdict = _verdict_path(fn, launch, arch)
+        if verdict.is_file():  # the same compile failed before: same verdict, no Triton
+            known = json.loads(verdict.read_text())
+            res.status, res.message, res.shared = known["status"], known["message"], known["shared"]
+            return res, None
+        kernel, bound, signature = compile_launch(fn, launch, arch)
         compiled = (kernel, bound, signature, launch)
         res.shared = kernel.metadata.shared
         if res.shared > res.limit:
@@ -93,6 +112,10 @@ def run_case(case: Case, module: Any, arch: int, save: Path | None) -> tuple[Res
         _save(save, case, arch, compiled)
     except Exception as exc:
         _fail(res, exc)
+        if verdict is not None and res.status in ("shared-memory", "ptxas-error"):
+            atomic_write(
+                verdict, json.dumps({"status": res.status, "message": res.message, "shared": res.shared})
+            )
     res.seconds = round(time.monotonic() - start, 2)
     return res, compiled
 

@@ -16,7 +16,10 @@ _TORCH_DTYPES = ("float16", "bfloat16", "float32")
 
 def fp16_refused(vllm_src: Path) -> dict[str, str]:
     """model_type -> reason, from `_FLOAT16_NOT_SUPPORTED_MODELS` ({} when the tree has none)."""
-    tree = ast.parse((vllm_src / "vllm" / "config" / "model.py").read_text())
+    file = vllm_src / "vllm" / "config" / "model.py"
+    if not file.is_file():
+        return {}
+    tree = ast.parse(file.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -28,7 +31,10 @@ def fp16_refused(vllm_src: Path) -> dict[str, str]:
 
 def supported_dtypes(vllm_src: Path, arch: int) -> list[str]:
     """`CudaPlatform.supported_dtypes` for compute capability `arch` (61 = 6.1), in vLLM's order."""
-    tree = ast.parse((vllm_src / "vllm" / "platforms" / "cuda.py").read_text())
+    file = vllm_src / "vllm" / "platforms" / "cuda.py"
+    if not file.is_file():  # a partial tree: vLLM 0.14.0's answer for 6.0 <= arch < 8.0
+        return ["bfloat16", "float16", "float32"] if arch >= 80 else ["float16", "float32"]
+    tree = ast.parse(file.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "supported_dtypes":
             for stmt in node.body:
