@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import jsonschema
@@ -23,11 +24,13 @@ import pytest
 
 from stackforge.core.console import Failure
 from stackforge.core.git import HERMETIC
+from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels import overlay as triton_overlay
-from stackforge.verify.kernels.audit import audit, smem_limit
+from stackforge.verify.kernels.audit import audit
 from stackforge.verify.kernels.loader import KernelLoader
+from stackforge.verify.numerics import checks, records
 from stackforge.verify.numerics import gpu as numerics
-from stackforge.verify.numerics.gpu import RECORD_SCHEMA
+from stackforge.verify.numerics.records import RECORD_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON_SERIES = sorted((REPO / "patches" / "triton").glob("*.patch"))
@@ -296,8 +299,8 @@ def test_run_without_a_gpu_fails_after_the_report(tmp_path: Path) -> None:
 
 
 def test_limits_are_what_triton_may_opt_into() -> None:
-    assert smem_limit(60) == smem_limit(61) == 49152
-    assert smem_limit(70) == 98304
+    assert CAPABILITIES[60].smem_per_block_optin == CAPABILITIES[61].smem_per_block_optin == 49152
+    assert CAPABILITIES[70].smem_per_block_optin == 98304
 
 
 # --- vLLM 0.14.0 itself (downloads the sdist once) ---------------------------------------------------
@@ -307,7 +310,7 @@ SUBSET = [
     "paged_attention_2d",
     "prefix_prefill",
     "encoder_prefill_attention",
-    "unified_attention_2d",
+    "unified_attention_2d/h",  # the generic cases; the model cases have their own finding (docs)
     *ATOMICS,
 ]
 
@@ -316,9 +319,10 @@ SUBSET = [
 def vllm_trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(unpatched sdist tree, the same tree with patches/vllm applied by `git am`)."""
     from stackforge.verify.upstream import pypi as upstream
+    from stackforge.verify.upstream import repos
 
     plain = upstream.vllm_sdist()
-    patched = upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm") / "src")
+    patched = repos.upstream_repo("vllm", tmp_path_factory.mktemp("vllm") / "src")
     done = subprocess.run(
         ["git", "am", "--quiet", *map(str, VLLM_SERIES)],
         cwd=patched,
@@ -378,7 +382,7 @@ def test_series_compiles_for_pascal_and_volta(
     assert not report.failures, [(r.case, r.arch, r.status, r.message) for r in report.failures]
     assert report.triton["how"] == "overlay" and len(report.triton["patches"]) == len(TRITON_SERIES)
     for r in report.results:
-        assert 0 <= r.shared <= smem_limit(r.arch)
+        assert 0 <= r.shared <= CAPABILITIES[r.arch].smem_per_block_optin
     pp = {r.arch: r for r in report.results if r.case == "prefix_prefill/h256"}
     assert all(r.shared <= 49152 for a, r in pp.items() if a < 70)
     saved = sorted((tmp_path / "ptx").glob("sm_*/*.json"))
@@ -393,9 +397,7 @@ def test_series_compiles_for_pascal_and_volta(
         assert record["check"] == record["kernel"] and all(
             a["tensor"] in record["tensors"] for a in launch["args"] if "tensor" in a
         )
-    runnable = {
-        r["check"] for _, r in numerics.load_records(tmp_path / "ptx") if r["check"] in numerics.CHECKS
-    }
+    runnable = {r["check"] for _, r in records.load_records(tmp_path / "ptx") if r["check"] in checks.CHECKS}
     assert runnable == {"prefix_prefill", "encoder_prefill_attention", "unified_attention_2d"}
 
 
@@ -414,3 +416,206 @@ def test_cli_json_and_exit_code(vllm_trees: tuple[Path, Path], tmp_path: Path) -
     done = subprocess.run([*run, str(REPO / "patches" / "triton")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["summary"]["failed"] == 0
+
+
+# --- issue 13: opt-in backends, the queue, lost workers, usage errors, cubin figures --------------
+
+
+def test_rocm_attn_kernels_are_opt_in() -> None:
+    """TRITON_ATTN is what vLLM picks below sm_80: ROCM_ATTN's kernels are audited on request only,
+    and the report says how; every case says who reaches it."""
+    from stackforge.verify.kernels.audit import select_cases
+
+    default, skipped = select_cases(None, (64,))
+    assert not {c.kernel for c in default} & {"prefix_prefill", "prefix_prefill_alibi", "paged_attention_2d"}
+    assert set(skipped) == {"prefix_prefill", "prefix_prefill_alibi", "paged_attention_2d"}
+    assert all("--backends rocm_attn" in how for how in skipped.values())
+    everything, none = select_cases(None, (64,), ("rocm_attn",))
+    assert none == {} and len(everything) == len(default) + 3
+    named, _ = select_cases(["prefix_prefill"], (64,))
+    assert {c.kernel for c in named} == {"prefix_prefill", "prefix_prefill_alibi"}
+    assert {c.reach for c in everything} <= {"default", "model", "option", "not-default-backend"}
+    costs = [c.cost for c in everything]
+    assert max(costs) > 1 and min(costs) == 1  # a static estimate: the queue hands out the longest first
+
+
+WORKER_MODULE = textwrap.dedent(
+    """
+    import os, sys, time
+    from stackforge.verify.kernels.worker import serve
+
+    def handle(req):
+        print("noise on stdout goes to the log")
+        if req["do"] == "die":
+            os._exit(3)
+        if req["do"] == "hang":
+            time.sleep(60)
+        yield {"event": "echo", "value": req["do"]}
+
+    if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+        sys.exit(serve(handle))
+    """
+)
+
+
+def test_worker_protocol_survives_noise_and_reports_death_and_hangs(tmp_path: Path) -> None:
+    from stackforge.verify.kernels.worker import Worker, WorkerLost
+
+    (tmp_path / "toy_worker.py").write_text(WORKER_MODULE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO / "src")])}
+    worker = Worker("toy_worker", env, tmp_path / "logs" / "w.log")
+    assert list(worker.request({"do": "a"})) == [{"event": "echo", "value": "a"}]
+    assert list(worker.request({"do": "b"})) == [
+        {"event": "echo", "value": "b"}
+    ]  # one process, many requests
+    with pytest.raises(WorkerLost, match="exit 3"):
+        list(worker.request({"do": "die"}))
+    assert "noise on stdout" in (tmp_path / "logs" / "w.log").read_text()
+    worker = Worker("toy_worker", env, tmp_path / "logs" / "w2.log")
+    with pytest.raises(WorkerLost, match="no answer in 1 s"):
+        list(worker.request({"do": "hang"}, timeout=1))
+
+
+def test_a_lost_worker_costs_its_own_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One compile whose worker dies or hangs gets worker-died / timeout; every other case keeps its
+    result, a fresh worker takes over, the queue serves the costliest first and logs are per run."""
+    from stackforge.verify.kernels import audit as audit_mod
+    from stackforge.verify.kernels.cases import all_cases
+    from stackforge.verify.kernels.worker import WorkerLost
+
+    started, served, logs = [], [], []
+
+    class FakeWorker:
+        def __init__(self, module: str, env: dict, log: Path) -> None:
+            started.append(module)
+            logs.append(log)
+
+        def request(self, req: dict, timeout: float | None = None):
+            served.append(req["case"])
+            if req["case"] == "fused_moe/m4":
+                raise WorkerLost("worker died (exit -9)")
+            if req["case"] == "mrope/qwen2.5vl":
+                raise WorkerLost("no answer in 1 s (killed)")
+            for arch in req["archs"]:
+                yield {
+                    "event": "result",
+                    "case": req["case"],
+                    "kernel": "k",
+                    "shape": "s",
+                    "arch": arch,
+                    "status": "ok",
+                }
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(audit_mod, "Worker", FakeWorker)
+    cases = [c for c in all_cases((64,)) if c.kernel in ("fused_moe", "mrope", "lora_shrink", "bincount")]
+    kw = dict(vllm_src=tmp_path, archs=[60, 61, 70], cases=cases, head_sizes=(64,), triton_path=None,
+              state=tmp_path / "state", jobs=1, cache=tmp_path / "cache")  # fmt: skip
+    results = audit_mod.run_audit(**kw)
+    by = {(r.case, r.arch): r.status for r in results}
+    assert len(results) == len(cases) * 3
+    assert by[("fused_moe/m4", 60)] == by[("fused_moe/m4", 61)] == "worker-died"
+    assert by[("mrope/qwen2.5vl", 70)] == "timeout"
+    assert by[("fused_moe/m256", 60)] == by[("bincount/p3100", 70)] == "ok"
+    assert served[0].startswith("lora_shrink/s3") and len(served) == len(cases) * 2  # a group per major
+    assert len(started) >= 3  # fresh workers after each loss
+    audit_mod.run_audit(**kw)
+    assert all(f"-{os.getpid()}" in log.parent.name for log in logs)  # per run: time and pid
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--head-sizes", "abc"], "not a whole number"), (["--head-sizes", "0"], "too small"),
+     (["--jobs", "0"], "must be 1 or more"), (["--backends", "flash"], "unknown backend")],
+)  # fmt: skip
+def test_bad_options_are_usage_errors(tmp_path: Path, extra: list[str], message: str) -> None:
+    argv = [sys.executable, "-m", "stackforge", "--root", str(workspace(tmp_path / "ws")), "audit", "kernels"]
+    argv += ["-e", "pascal", "--vllm-src", str(fake_tree(tmp_path / "vllm")), *extra]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+FP16_KERNEL = textwrap.dedent(
+    """
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def axpy(X, Y, N: tl.constexpr):
+        o = tl.arange(0, N)
+        tl.store(Y + o, tl.load(X + o) * 3.0 + tl.load(Y + o))
+    """
+)
+
+
+def test_sm61_ptx_is_sm60_ptx_retargeted_and_cubin_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim the audit's one-compile-per-major rests on, and the figures read from the cubin:
+    registers and the fp16 SASS instructions (fp16 math on sm_61 runs at 1/64 of fp32)."""
+    import importlib.util
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from stackforge.verify.kernels.sass import cubin_stats
+
+    (tmp_path / "fp16k.py").write_text(FP16_KERNEL)
+    spec = importlib.util.spec_from_file_location("fp16k", tmp_path / "fp16k.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    sig = {"X": "*fp16", "Y": "*fp16", "N": "constexpr"}
+    k60, k61 = (
+        triton.compile(ASTSource(mod.axpy, sig, {"N": 1024}), target=GPUTarget("cuda", a, 32))
+        for a in (60, 61)
+    )
+    assert k60.asm["ptx"].replace(".target sm_60", ".target sm_61") == k61.asm["ptx"]
+    stats = cubin_stats(k60.asm["cubin"], 60, k60.metadata.num_warps, k60.metadata.shared)
+    assert stats["regs"] > 0 and stats["local"] == 0 and stats["fp16_ops"] > 0
+    assert set(stats["fp16_by_op"]) <= {"HADD2", "HMUL2", "HFMA2", "HSET2", "HSETP2", "HMNMX2"}
+    assert cubin_stats(k60.asm["cubin"], 60, k60.metadata.num_warps, 0) == stats  # cached by cubin hash
+
+
+def test_dtypes_come_from_the_vllm_tree(tmp_path: Path) -> None:
+    """fp32 for the families vLLM refuses in fp16, read from vllm/config/model.py and
+    vllm/platforms/cuda.py (here a tree with one family refused); the model cases follow."""
+    from stackforge.verify.kernels import dtypes
+    from stackforge.verify.kernels.audit import select_cases
+
+    (tmp_path / "vllm" / "config").mkdir(parents=True)
+    (tmp_path / "vllm" / "platforms").mkdir()
+    (tmp_path / "vllm" / "config" / "model.py").write_text(
+        '_FLOAT16_NOT_SUPPORTED_MODELS = {"gemma2": "unstable"}\n'
+    )
+    (tmp_path / "vllm" / "platforms" / "cuda.py").write_text(
+        textwrap.dedent(
+            """
+            class CudaPlatform:
+                @property
+                def supported_dtypes(self):
+                    if self.has_device_capability(80):
+                        return [torch.bfloat16, torch.float16, torch.float32]
+                    if self.has_device_capability(60):
+                        return [torch.float16, torch.float32]
+                    return [torch.float32]
+            """
+        )
+    )
+    assert dtypes.supported_dtypes(tmp_path, 61) == ["float16", "float32"]
+    assert dtypes.fp16_refused(tmp_path / "elsewhere") == {}  # a partial tree: nothing refused
+    assert dtypes.supported_dtypes(tmp_path, 80)[0] == "bfloat16"
+    assert dtypes.auto_dtype(tmp_path, 61, "gemma2") == "float32"
+    assert dtypes.auto_dtype(tmp_path, 70, "llama") == "float16"
+    cases, _ = select_cases(None, (64,), (), lambda m: dtypes.auto_dtype(tmp_path, 61, m))
+    models = {c.id for c in cases if c.model}
+    assert "unified_attention_2d/gemma2-fp32" in models and "unified_attention_2d/gemma2-fp16" not in models
+    assert "unified_attention_2d/glm4-fp16" in models  # not refused in this tree
+    gemma2 = next(c for c in cases if c.id == "unified_attention_2d/gemma2-fp32")
+    launch = gemma2.build(types.SimpleNamespace(_get_tile_size=lambda *a, **k: 16), 61, 49152)
+    assert launch.kwargs["USE_SOFTCAP"] and launch.kwargs["softcap"] == 50.0
+    assert launch.kwargs["SLIDING_WINDOW"] == 4096 and launch.kwargs["query_ptr"].dtype_name == "float32"

@@ -12,11 +12,15 @@ import jsonschema
 import pytest
 from conftest import online
 
+from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels import overlay as triton_overlay
+from stackforge.verify.numerics import checks, nvrtc
 from stackforge.verify.numerics import gpu as numerics
+from stackforge.verify.numerics import records as record_format
 from stackforge.verify.numerics import suite as numerics_build
-from stackforge.verify.numerics.gpu import RECORD_SCHEMA, load_records, ptx_param_types, unchecked
-from stackforge.verify.numerics.suite import FALLBACK_HEADER, HALF_ATOMIC_SOURCE, nvrtc_compile
+from stackforge.verify.numerics.gpu import ptx_param_types, unchecked
+from stackforge.verify.numerics.nvrtc import FALLBACK_HEADER, HALF_ATOMIC_SOURCE, nvrtc_compile
+from stackforge.verify.numerics.records import RECORD_SCHEMA, load_records
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_PATCH = next((REPO_ROOT / "patches" / "vllm").glob("*atomicAdd*.patch"), None)
@@ -25,8 +29,8 @@ VLLM_SERIES = sorted((REPO_ROOT / "patches" / "vllm").glob("*.patch"))
 ATOMICS = ("add_contended", "add_returns_old", "cas_returns_old", "last_program_reduces")
 
 needs_nvrtc = pytest.mark.skipif(
-    numerics_build._nvidia_file("cuda_nvrtc", "lib", "libnvrtc.so.12") is None
-    or numerics_build._nvidia_file("cuda_runtime", "include") is None,
+    nvrtc._nvidia_file("cuda_nvrtc", "lib", "libnvrtc.so.12") is None
+    or nvrtc._nvidia_file("cuda_runtime", "include") is None,
     reason="needs NVRTC 12.x: pip install nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79",
 )
 
@@ -82,7 +86,7 @@ def test_native_half_atomic_does_not_exist_below_sm70() -> None:
 
 @needs_nvrtc
 def test_patch_fallback_compiles_to_a_cas_loop_for_sm60(fallback_tree: Path, tmp_path: Path) -> None:
-    built = numerics_build.build_half_atomic(tmp_path / "out", fallback_tree, archs=(60, 70))
+    built = nvrtc.build_half_atomic(tmp_path / "out", fallback_tree, archs=(60, 70))
     assert all(b.ok for b in built) and len(built) == 6
     sm60 = (tmp_path / "out" / "half_atomic_add-ones-sm60.ptx").read_text()
     sm70 = (tmp_path / "out" / "half_atomic_add-ones-sm70.ptx").read_text()
@@ -93,7 +97,7 @@ def test_patch_fallback_compiles_to_a_cas_loop_for_sm60(fallback_tree: Path, tmp
 
 
 def test_unpatched_tree_is_reported_not_hidden(tmp_path: Path) -> None:
-    built = numerics_build.build_half_atomic(tmp_path / "out", tmp_path)
+    built = nvrtc.build_half_atomic(tmp_path / "out", tmp_path)
     assert not any(b.ok for b in built)
     assert "cuda_atomic_compat.cuh does not exist" in built[0].detail
 
@@ -126,7 +130,7 @@ def test_patched_triton_compiles_atomics_for_pascal(tmp_path: Path, state: Path)
         if record["arch"] < 70:
             assert ".acq_rel" not in ptx and ".relaxed" not in ptx, path
             assert not any("atom" in ln and ".f16" in ln for ln in ptx.splitlines()), path
-        assert record["tolerance"] == numerics.TOLERANCES[record["check"]]
+        assert record["tolerance"] == record_format.TOLERANCES[record["check"]]
     f16 = (tmp_path / "add_contended-f16-neighbours-sm61.ptx").read_text()
     assert "atom.global.gpu.cas.b32" in f16 and "membar.gl;" in f16  # the CAS loop, fenced (acq_rel)
     assert ".acq_rel" in (tmp_path / "add_contended-f16-neighbours-sm70.ptx").read_text()
@@ -146,15 +150,15 @@ def test_scalars_take_the_width_of_their_param() -> None:
 def test_launches_share_tensors_by_role() -> None:
     tensors: dict[str, dict] = {}
     out = {"dtype": "float16", "shape": [4, 8], "strides": [8, 1], "role": "output"}
-    assert numerics_build._tensor_key(tensors, out, "output_ptr") == "output"
-    assert numerics_build._tensor_key(tensors, dict(out), "Out") == "output"  # same tensor
+    assert record_format._tensor_key(tensors, out, "output_ptr") == "output"
+    assert record_format._tensor_key(tensors, dict(out), "Out") == "output"  # same tensor
     other = out | {"shape": [2, 8]}
-    assert numerics_build._tensor_key(tensors, other, "O2") == "output.O2"
+    assert record_format._tensor_key(tensors, other, "O2") == "output.O2"
     assert set(tensors) == {"output", "output.O2"}
 
 
 def test_records_without_a_reference_are_listed_not_run(tmp_path: Path) -> None:
-    record = {"schema": numerics.SCHEMA, "check": "fused_moe", "arch": 61, "launches": []}
+    record = {"schema": record_format.SCHEMA, "check": "fused_moe", "arch": 61, "launches": []}
     (tmp_path / "sm_61").mkdir()
     (tmp_path / "sm_61" / "fused_moe__m4.json").write_text(json.dumps(record))
     (tmp_path / "results.json").write_text(json.dumps({"device": "x"}))  # not a record
@@ -169,9 +173,9 @@ def test_records_without_a_reference_are_listed_not_run(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def patched_vllm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stackforge.verify.upstream import pypi as upstream
+    from stackforge.verify.upstream import repos
 
-    return online(lambda: upstream.patched_repo("vllm", tmp_path_factory.mktemp("vllm") / "src", VLLM_SERIES))
+    return online(lambda: repos.patched_repo("vllm", tmp_path_factory.mktemp("vllm") / "src", VLLM_SERIES))
 
 
 @pytest.mark.upstream
@@ -182,10 +186,10 @@ def test_suite_compiles_for_pascal_and_volta(patched_vllm: Path, state: Path, tm
     built, log = numerics_build.build_in_subprocess(tmp_path, patched_vllm, (61, 70), setup.path, state)
     assert [b.detail for b in built if not b.ok] == [], log
     records = check_records(tmp_path)
-    assert len(records) == len(built) and {r["check"] for _, r in records} <= set(numerics.CHECKS)
+    assert len(records) == len(built) and {r["check"] for _, r in records} <= set(checks.CHECKS)
     for _, record in records:
         for launch in record["launches"]:
-            assert launch["shared"] <= numerics_build.smem_limit(record["arch"])
+            assert launch["shared"] <= CAPABILITIES[record["arch"]].smem_per_block_optin
     pp = json.loads((tmp_path / "prefix_prefill-h256-sm61.json").read_text())
     assert "BLOCK_M=16 BLOCK_N=16 BLOCK_SIZE=16" in pp["label"]  # 0020's tiles for 48 KB, head 256
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import online
 
-from stackforge.verify.upstream import pypi as upstream
+from stackforge.verify.upstream import repos
 
 pytestmark = pytest.mark.upstream
 
@@ -92,9 +92,9 @@ def nvrtc() -> Nvrtc:
 def vllm_trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The vLLM 0.14.0 sdist as released and with patches/vllm applied."""
     patches = sorted((ROOT / "patches/vllm").glob("*.patch"))
-    plain = online(lambda: upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm-upstream")))
-    patched = upstream.upstream_repo("vllm", tmp_path_factory.mktemp("vllm-patched"))
-    upstream.apply_series(patched, patches)
+    plain = online(lambda: repos.upstream_repo("vllm", tmp_path_factory.mktemp("vllm-upstream")))
+    patched = repos.upstream_repo("vllm", tmp_path_factory.mktemp("vllm-patched"))
+    repos.apply_series(patched, patches)
     return {"upstream": plain, "patched": patched}
 
 

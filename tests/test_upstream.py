@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from stackforge.core.console import Failure
+from stackforge.verify.kernels import overlay as triton_overlay
 from stackforge.verify.upstream import pypi as upstream
+from stackforge.verify.upstream import repos
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
@@ -258,13 +260,13 @@ def test_vllm_sdist_verifies_extracts_once_and_builds_a_stable_repo(
     server.close()
     assert upstream.vllm_sdist("9.9.9") == tree  # cached: no network needed
 
-    repos = [upstream.upstream_repo("vllm", tmp_path / f"repo{i}") for i in (1, 2)]
+    built = [repos.upstream_repo("vllm", tmp_path / f"repo{i}") for i in (1, 2)]
     heads = [
         subprocess.run(["git", "rev-parse", "HEAD"], cwd=r, capture_output=True, text=True).stdout
-        for r in repos
+        for r in built
     ]
     assert heads[0] == heads[1] and len(heads[0].strip()) == 40  # same files, same commit
-    tracked = subprocess.run(["git", "ls-files"], cwd=repos[0], capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(["git", "ls-files"], cwd=built[0], capture_output=True, text=True).stdout.split()
     assert tracked == [".gitignore", "CMakeLists.txt", "build/tracked.txt", "vllm/__init__.py"]
 
 
@@ -281,18 +283,22 @@ def test_sdist_with_a_wrong_digest_is_refused(
 
 
 def test_path_map_both_ways() -> None:
-    assert upstream.repo_to_wheel("pytorch", "torch/utils/_triton.py") == "torch/utils/_triton.py"
-    assert upstream.repo_to_wheel("triton", "third_party/nvidia/backend/compiler.py") == (
+    assert triton_overlay.repo_to_wheel("pytorch", "torch/utils/_triton.py") == "torch/utils/_triton.py"
+    assert triton_overlay.repo_to_wheel("triton", "third_party/nvidia/backend/compiler.py") == (
         "triton/backends/nvidia/compiler.py"
     )
-    assert upstream.repo_to_wheel("triton", "python/triton/language/core.py") == "triton/language/core.py"
-    assert upstream.repo_to_wheel("triton", "lib/Dialect/TritonGPU/IR/Ops.cpp") is None  # C++: no copy
-    assert upstream.wheel_to_repo("triton", "triton/backends/nvidia/driver.py") == (
+    assert (
+        triton_overlay.repo_to_wheel("triton", "python/triton/language/core.py") == "triton/language/core.py"
+    )
+    assert triton_overlay.repo_to_wheel("triton", "lib/Dialect/TritonGPU/IR/Ops.cpp") is None  # C++: no copy
+    assert triton_overlay.wheel_to_repo("triton", "triton/backends/nvidia/driver.py") == (
         "third_party/nvidia/backend/driver.py"
     )
-    assert upstream.wheel_to_repo("triton", "triton/runtime/jit.py") == "python/triton/runtime/jit.py"
+    assert triton_overlay.wheel_to_repo("triton", "triton/runtime/jit.py") == "python/triton/runtime/jit.py"
     for path in ("third_party/amd/backend/compiler.py", "python/triton/compiler/compiler.py"):
-        assert upstream.wheel_to_repo("triton", upstream.repo_to_wheel("triton", path) or "") == path
+        assert (
+            triton_overlay.wheel_to_repo("triton", triton_overlay.repo_to_wheel("triton", path) or "") == path
+        )
 
 
 def _patch(tmp_path: Path, name: str, body: str) -> Path:
@@ -319,7 +325,7 @@ def test_touched_paths_skips_files_the_series_creates(tmp_path: Path) -> None:
         "diff --git a/python/triton/new.py b/python/triton/new.py\n--- a/python/triton/new.py\n"
         "diff --git a/third_party/nvidia/backend/compiler.py b/third_party/nvidia/backend/compiler.py\n",
     )
-    assert upstream.touched_paths([first, second]) == [
+    assert repos.touched_paths([first, second]) == [
         "python/triton/a.py",
         "python/triton/old.py",
         "third_party/nvidia/backend/compiler.py",
@@ -341,11 +347,11 @@ def test_wheel_repo_holds_the_touched_files_and_series_applies(
 
     # Author a one-commit series on a copy of the upstream repo, the way patches are made.
     seed = _patch(tmp_path, "seed.patch", "diff --git a/torch/utils/_triton.py b/torch/utils/_triton.py\n")
-    work = upstream.upstream_repo("pytorch", tmp_path / "work", patch_files=[seed])
+    work = repos.upstream_repo("pytorch", tmp_path / "work", patch_files=[seed])
     (work / "torch/utils/_triton.py").write_bytes(original.replace(b">= 7", b">= 6"))
-    upstream._git(work, "commit", "--quiet", "-am", "gate: admit 6.x")
+    repos._git(work, "commit", "--quiet", "-am", "gate: admit 6.x")
     out = tmp_path / "series"
-    upstream._git(
+    repos._git(
         work,
         "format-patch",
         "--zero-commit",
@@ -359,22 +365,22 @@ def test_wheel_repo_holds_the_touched_files_and_series_applies(
     series = sorted(out.glob("*.patch"))
     assert [p.name for p in series] == ["0001-gate-admit-6.x.patch"]
 
-    proved = upstream.patched_repo("pytorch", tmp_path / "proof", series)
+    proved = repos.patched_repo("pytorch", tmp_path / "proof", series)
     assert (proved / "torch/utils/_triton.py").read_bytes().endswith(b"major >= 6\n")
     assert not (proved / "torch/other.py").exists()  # only what the series touches
-    again = upstream.upstream_repo("pytorch", tmp_path / "again", patch_files=series)
-    assert upstream.apply_series(again, series) == {"0001-gate-admit-6.x.patch": "clean"}
-    heads = [upstream._git(r, "rev-parse", "HEAD") for r in (proved, again)]
+    again = repos.upstream_repo("pytorch", tmp_path / "again", patch_files=series)
+    assert repos.apply_series(again, series) == {"0001-gate-admit-6.x.patch": "clean"}
+    heads = [repos._git(r, "rev-parse", "HEAD") for r in (proved, again)]
     assert heads[0] == heads[1]  # the patched HEAD is the same commit every time
 
     bad = _patch(tmp_path, "0002-bad.patch", series[0].read_text().replace("major >= 7", "major >= 9"))
-    fresh = upstream.upstream_repo("pytorch", tmp_path / "fresh", patch_files=series)
+    fresh = repos.upstream_repo("pytorch", tmp_path / "fresh", patch_files=series)
     with pytest.raises(Failure, match=r"0002-bad.patch does not apply"):
-        upstream.apply_series(fresh, [bad])
-    assert upstream._git(fresh, "status", "--porcelain") == ""  # the failed am was aborted
+        repos.apply_series(fresh, [bad])
+    assert repos._git(fresh, "status", "--porcelain") == ""  # the failed am was aborted
 
 
 def test_unshipped_files_are_named(tmp_path: Path) -> None:
     patch = _patch(tmp_path, "0001-cpp.patch", "diff --git a/lib/Conversion/X.cpp b/lib/Conversion/X.cpp\n")
     with pytest.raises(Failure, match=r"ships no copy of lib/Conversion/X.cpp \(touched by 0001-cpp.patch\)"):
-        upstream.upstream_files("triton", [patch])
+        repos.upstream_files("triton", [patch])

@@ -2,7 +2,7 @@
 stackforge cache, ~20 MB for the vLLM sdist plus a few hundred kB of wheel members).
 
 Every patch in patches/{pytorch,vllm,triton} is applied with `git am --3way`, in order, to the
-pinned release rebuilt by stackforge.verify.upstream.pypi; then the effect of each part-A patch is checked
+pinned release rebuilt by stackforge.verify.upstream.repos; then the effect of each part-A patch is checked
 on the patched files themselves: CMake's arch selection is run by cmake, the Python gates are
 taken out of the patched modules (ast) and called.
 """
@@ -28,7 +28,7 @@ from conftest import online
 from stackforge.core.workspace import Workspace
 from stackforge.sources.patches import check_series
 from stackforge.spec.envs import list_envs, load_env
-from stackforge.verify.upstream import pypi as upstream
+from stackforge.verify.upstream import repos as upstream_repos
 
 pytestmark = pytest.mark.upstream
 
@@ -55,9 +55,9 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], Pat
         if (name, patched) not in built:
             dest = tmp_path_factory.mktemp(f"{name}-{'patched' if patched else 'upstream'}")
             patches = series(name)
-            online(lambda: upstream.upstream_repo(name, dest, patch_files=patches))
+            online(lambda: upstream_repos.upstream_repo(name, dest, patch_files=patches))
             if patched:
-                upstream.apply_series(dest, patches)
+                upstream_repos.apply_series(dest, patches)
             built[name, patched] = dest
         return built[name, patched]
 
@@ -72,12 +72,12 @@ def test_series_applies_to_the_pinned_release(name: str, tmp_path: Path) -> None
     patches = series(name)
     if not patches:
         pytest.skip(f"patches/{name}/ holds no patch yet")
-    repo = online(lambda: upstream.upstream_repo(name, tmp_path / name, patch_files=patches))
-    verdicts = upstream.apply_series(repo, patches)
+    repo = online(lambda: upstream_repos.upstream_repo(name, tmp_path / name, patch_files=patches))
+    verdicts = upstream_repos.apply_series(repo, patches)
     assert list(verdicts) == [p.name for p in patches]
     # Each patch was made on exactly this tree, so none should need git's three-way fallback.
     assert {n: v for n, v in verdicts.items() if v != "clean"} == {}
-    log = upstream._git(repo, "log", "--format=%an <%ae>", f"-{len(patches)}").splitlines()
+    log = upstream_repos._git(repo, "log", "--format=%an <%ae>", f"-{len(patches)}").splitlines()
     assert log == ["stackforge <stackforge@users.noreply.github.com>"] * len(patches)
 
 
@@ -87,8 +87,8 @@ def test_patches_check_reports_every_patch_clean_at_the_pin(name: str, tmp_path:
     patches = series(name)
     if not patches:
         pytest.skip(f"patches/{name}/ holds no patch yet")
-    repo = online(lambda: upstream.upstream_repo(name, tmp_path / name, patch_files=patches))
-    results = check_series(repo, upstream._git(repo, "rev-parse", "HEAD"), patches)
+    repo = online(lambda: upstream_repos.upstream_repo(name, tmp_path / name, patch_files=patches))
+    results = check_series(repo, upstream_repos._git(repo, "rev-parse", "HEAD"), patches)
     assert [(r.patch, r.verdict) for r in results] == [(p.name, "clean") for p in patches]
 
 

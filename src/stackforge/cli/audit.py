@@ -17,8 +17,9 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
 
     from stackforge.core.workspace import find_workspace
     from stackforge.spec.envs import load_env
-    from stackforge.verify.kernels.audit import audit, build_numerics, no_gpu, print_report, run_numerics
+    from stackforge.verify.kernels.audit import BACKENDS, audit, build_numerics, no_gpu, run_numerics
     from stackforge.verify.kernels.cases import HEAD_SIZES
+    from stackforge.verify.kernels.report import print_report
     from stackforge.verify.numerics import gpu as numerics
 
     ws = find_workspace(args.root)
@@ -29,7 +30,17 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
     else:
         folder = Path(args.triton_patches) if args.triton_patches else ws.patch_dir("triton")
         patches = sorted(folder.glob("*.patch"))
-    head_sizes = tuple(int(h) for h in args.head_sizes.split(",")) if args.head_sizes else HEAD_SIZES
+    head_sizes = _head_sizes(args.head_sizes) if args.head_sizes else HEAD_SIZES
+    backends = (
+        BACKENDS
+        if args.all
+        else tuple(b.strip().lower() for b in (args.backends or "").split(",") if b.strip())
+    )
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(
+            f"unknown backend {', '.join(unknown)}", hint=f"opt-in backends: {', '.join(BACKENDS)}"
+        )
     kernels = [k.strip() for k in args.kernels.split(",")] if args.kernels else None
     state = ws.state / "kernel-audit"
     save = Path(args.save_ptx).resolve() if args.save_ptx else None
@@ -42,7 +53,8 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
     )
     report = audit(
         ws, env.name, list(env.archs), vllm_src, patches, kernels=kernels, head_sizes=head_sizes,
-        state=state, save=save, jobs=args.jobs, show_progress=not args.json,
+        state=state, save=save, jobs=args.jobs, show_progress=not args.json, backends=backends,
+        timeout=args.timeout,
     )  # fmt: skip
     data = report.to_json()
     if not args.json:
@@ -70,6 +82,25 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
     return code
 
 
+def _head_sizes(text: str) -> tuple[int, ...]:
+    """`--head-sizes 64,128`: whole numbers from 16 up (a usage error otherwise, never a traceback)."""
+    sizes = []
+    for part in text.split(","):
+        try:
+            size = int(part.strip())
+        except ValueError:
+            raise UsageError(
+                f"--head-sizes: {part.strip()!r} is not a whole number", hint="e.g. --head-sizes 64,128"
+            ) from None
+        if size < 16:
+            raise UsageError(
+                f"--head-sizes: {size} is too small",
+                hint="vLLM's attention head sizes are 16 or more, e.g. 64,128",
+            )
+        sizes.append(size)
+    return tuple(dict.fromkeys(sizes))
+
+
 def _register_kernels(groups: dict[str, Any]) -> None:
     p = groups["audit"].add_parser(
         "kernels",
@@ -85,6 +116,15 @@ def _register_kernels(groups: dict[str, Any]) -> None:
     p.add_argument("--kernels", help="only these kernels (comma-separated names or case-id prefixes)")
     p.add_argument("--head-sizes", help="comma-separated head sizes (default: the audit's list, 64-256)")
     p.add_argument("--jobs", type=positive_int, default=None, help="worker processes (default: one per CPU)")
+    p.add_argument(
+        "--backends",
+        help="also audit the kernels of these backends vLLM never picks on Pascal/Volta by itself "
+        "(comma-separated: rocm_attn)",
+    )
+    p.add_argument("--all", action="store_true", help="audit every kernel, the opt-in backends' too")
+    p.add_argument(
+        "--timeout", type=positive_int, default=600, help="seconds one compile may take (default 600)"
+    )
     add_json(p, "the report")
     p.add_argument(
         "--save-ptx",

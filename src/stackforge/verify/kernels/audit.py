@@ -1,12 +1,12 @@
 """`stackforge audit kernels -e ENV`: will vLLM's Triton kernels compile for the environment's GPUs?
 
-Compiles the kernels listed in `kernel_cases` from a vLLM source tree (default sources/vllm, i.e.
+Compiles the kernels listed in `stackforge.verify.kernels.cases` from a vLLM source tree (default sources/vllm, i.e.
 v0.14.0 plus patches/vllm) for every arch of the environment with Triton's own compiler and the
 ptxas inside the triton wheel (no GPU needed), with Triton patched by patches/triton (an overlay
-of the installed package, see `triton_overlay`). Each kernel x shape x arch is reported as
+of the installed package, see `stackforge.verify.kernels.overlay`). Each kernel x shape x arch is reported as
 compiled, ptxas error (with ptxas' message), shared memory over the limit (bytes needed vs the
 per-block limit Triton may use on that arch: 49152 on sm_60/61, 98304 on sm_70, which Triton
-opts into), or a compile/load error. Compiles run in worker processes (one per core) and are
+opts into), or a compile/load error. Compiles run in worker processes (one per core, `audit_worker`) and are
 cached by Triton under .stackforge/kernel-audit/triton-cache.
 
 `--save-ptx DIR` writes, for every compiled kernel x shape x arch, DIR/sm_<arch>/<case>.ptx and a
@@ -25,182 +25,46 @@ are built first, so they can be carried to a machine that has one.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
-import sys
+import queue
 import threading
 import time
-import traceback
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from stackforge.core.console import EXIT_FAILED, EXIT_OK, Failure, UsageError, err, out
 from stackforge.core.workspace import Workspace
+from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels.cases import HEAD_SIZES, Case, all_cases
-from stackforge.verify.numerics.suite import (
-    SharedMemoryOver,
-    compile_launch,
-    guard_shared_memory,
-    overlay_env,
-    smem_limit,
-    triton_record,
-    write_record,
-)
+from stackforge.verify.kernels.report import Report, Result, print_report
+from stackforge.verify.kernels.worker import Worker, WorkerLost, overlay_env
 
-STATUSES = ("ok", "ptxas-error", "shared-memory", "compile-error", "load-error")
+__all__ = ["audit", "build_numerics", "no_gpu", "print_report", "run_audit", "run_numerics", "select_cases"]
 
 
-@dataclass
-class Result:
-    case: str
-    kernel: str
-    shape: str
-    arch: int
-    status: str
-    message: str = ""
-    shared: int | None = None
-    limit: int = 0
-    seconds: float = 0.0
-    reached_by: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
+def _fp16(model_type: str) -> str:
+    return "float16"
 
 
-@dataclass
-class Report:
-    env: str
-    archs: list[int]
-    vllm_src: str
-    triton: dict[str, Any]
-    results: list[Result] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def failures(self) -> list[Result]:
-        return [r for r in self.results if not r.ok]
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "kernels": len({r.kernel for r in self.results}),
-            "cases": len({r.case for r in self.results}),
-            "compiles": len(self.results),
-            "failed": len(self.failures),
-            "by_status": dict(Counter(r.status for r in self.results)),
-            "seconds": round(self.seconds, 1),
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "env": self.env,
-            "archs": self.archs,
-            "vllm_src": self.vllm_src,
-            "triton": self.triton,
-            "summary": self.summary(),
-            "results": [asdict(r) for r in self.results],
-        }
+BACKENDS = ("rocm_attn",)  # opt-in groups of `--backends`
+DEFAULT_TIMEOUT = 600.0  # seconds per compile (one case, all archs of a major)
 
 
-# --- the worker: one process, Triton imported from the overlay ---------------------------------
-
-
-def _ptxas_message(text: str) -> str:
-    """ptxas' error lines without the temporary file names, each once."""
-    errors = []
-    for line in text.splitlines():
-        m = re.search(r"ptxas \S+, line \d+; error\s*: (.*)$", line)
-        if m and m[1].strip() not in errors:
-            errors.append(m[1].strip())
-    return "; ".join(errors) or text.strip().splitlines()[0]
-
-
-def _safe(case_id: str) -> str:
-    return case_id.replace("/", "__")
-
-
-def _run_case(case: Case, module: Any, arch: int, save: Path | None) -> Result:
-    from triton.runtime.errors import PTXASError
-
-    limit = smem_limit(arch)
-    res = Result(case.id, case.kernel, case.shape, arch, "ok", limit=limit, reached_by=case.reached_by)
-    start = time.monotonic()
-    try:
-        launch = case.build(module, arch, limit)
-        kernel, bound, signature = compile_launch(getattr(module, case.function), launch, arch)
-        res.shared = kernel.metadata.shared
-        if res.shared > limit:
-            raise SharedMemoryOver(res.shared, limit)
-        if (
-            save is not None
-        ):  # a numerics record: `stackforge.verify.numerics.gpu` runs it where it has a reference
-            record, ptxs = triton_record(
-                case.kernel, case.kernel, case.shape, arch, [(case, kernel, bound, signature, launch)]
-            )
-            write_record(save / f"sm_{arch}", _safe(case.id), record, ptxs)
-    except SharedMemoryOver as exc:
-        res.status, res.shared, res.message = "shared-memory", exc.needed, f"needs {exc.needed} > {exc.limit}"
-    except PTXASError as exc:
-        res.status, res.message = "ptxas-error", _ptxas_message(str(exc))
-    except Exception as exc:  # a Triton front-end error, a broken launch description, ...
-        text = str(exc).strip() or type(exc).__name__
-        res.status, res.message = "compile-error", f"{type(exc).__name__}: {text.splitlines()[-1][:300]}"
-        print(traceback.format_exc(), file=sys.stderr)
-    res.seconds = round(time.monotonic() - start, 2)
-    return res
-
-
-def worker_main() -> int:
-    """Read a job from stdin, write one JSON result per line to the original stdout; everything
-    else (Triton's dumps, tracebacks) goes to stderr, which the parent keeps as a log."""
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    job = json.loads(sys.stdin.read())
-    from stackforge.verify.kernels.loader import KernelLoader
-
-    guard_shared_memory()
-    cases = {c.id: c for c in all_cases(tuple(job["head_sizes"]))}
-    save = Path(job["save"]) if job.get("save") else None
-    by_arch: dict[int, list[str]] = {}
-    for case_id, arch in job["items"]:
-        by_arch.setdefault(arch, []).append(case_id)
-    for arch, ids in sorted(by_arch.items()):
-        loader = KernelLoader(Path(job["vllm_src"]), arch)
-        modules: dict[str, Any] = {}
-        with loader.active():  # import every module first: compiles run with the stand-ins gone
-            for case_id in ids:
-                name = cases[case_id].module
-                if name not in modules:
-                    try:
-                        modules[name] = loader.load(name)
-                    except Exception as exc:
-                        modules[name] = exc
-        for case_id in ids:
-            case = cases[case_id]
-            proto.write(json.dumps({"event": "start", "case": case_id, "arch": arch}) + "\n")
-            module = modules[case.module]
-            if isinstance(module, Exception):
-                res = Result(case_id, case.kernel, case.shape, arch, "load-error", reached_by=case.reached_by,
-                             message=f"{case.module}: {type(module).__name__}: {module}", limit=smem_limit(arch))  # fmt: skip
-            else:
-                res = _run_case(case, module, arch, save)
-            proto.write(json.dumps({"event": "result", **asdict(res)}) + "\n")
-    return 0
-
-
-# --- the parent: plan, spawn workers, collect -------------------------------------------------
-
-
-def select_cases(kernels: list[str] | None, head_sizes: tuple[int, ...]) -> list[Case]:
-    cases = all_cases(head_sizes)
+def select_cases(
+    kernels: list[str] | None,
+    head_sizes: tuple[int, ...],
+    backends: tuple[str, ...] = (),
+    dtype_of: Callable[[str], str] | None = None,
+) -> tuple[list[Case], dict[str, str]]:
+    """The cases to audit, and the kernels left out (kernel -> how to audit it). Kernels only a
+    backend vLLM never picks on these GPUs reaches (ROCM_ATTN) are opt-in: `backends`, or named
+    in `kernels`. A model's cases are kept in the dtype `dtype_of(model_type)` vLLM runs it in
+    (default float16)."""
+    cases = [c for c in all_cases(head_sizes) if not c.model or c.dtype == (dtype_of or _fp16)(c.model)]
     if kernels:
         cases = [c for c in cases if any(c.kernel == k or c.id.startswith(k) for k in kernels)]
         if not cases:
@@ -208,7 +72,26 @@ def select_cases(kernels: list[str] | None, head_sizes: tuple[int, ...]) -> list
             raise UsageError(
                 f"no kernel matches {', '.join(kernels)}", hint=f"known kernels: {', '.join(known)}"
             )
-    return cases
+        return cases, {}
+    skipped = {c.kernel: f"only {c.reached_by.split(' (')[0]} reaches it: --backends {c.opt_in}"
+               for c in cases if c.opt_in and c.opt_in not in backends}  # fmt: skip
+    return [c for c in cases if not c.opt_in or c.opt_in in backends], skipped
+
+
+def cache_root() -> Path:
+    """Triton's cache for the audit: $STACKFORGE_CACHE/triton, else ~/.cache/stackforge/triton.
+    Triton keys every entry by its own files (the overlay's patched compiler.py included), so
+    patched and unpatched compiles never mix, and every clone and CI run of a user shares it."""
+    env = os.environ.get("STACKFORGE_CACHE")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "stackforge") / "triton"
+
+
+def _groups(archs: list[int]) -> list[list[int]]:
+    """Archs of one major together, lowest first: Triton runs once per group."""
+    by_major: dict[int, list[int]] = {}
+    for a in sorted(archs):
+        by_major.setdefault(a // 10, []).append(a)
+    return list(by_major.values())
 
 
 def run_audit(
@@ -222,58 +105,65 @@ def run_audit(
     save: Path | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    cache: Path | None = None,
 ) -> list[Result]:
-    """Compile every case for every arch in `jobs` worker processes; results in case order."""
-    items = [(c.id, a) for c in cases for a in archs]
+    """Compile every case for every arch in `jobs` worker processes that take the next item from
+    one queue, most expensive first; results in case order. A worker that dies or overruns
+    `timeout` costs its own item (status worker-died / timeout), and a fresh worker goes on."""
+    groups = _groups(archs)
+    items = sorted(((c, g) for c in cases for g in groups), key=lambda item: -item[0].cost)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(items)))
-    env = overlay_env(triton_path, state / "triton-cache")
-    logs = state / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    env = overlay_env(triton_path, cache or cache_root())
+    logs = state / "logs" / f"kernel-audit-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    modules = sorted({c.module for c in cases})
     results: dict[tuple[str, int], Result] = {}
-    task = progress.add_task("compiling", total=len(items)) if progress else None
+    todo: queue.Queue[tuple[Case, list[int]]] = queue.Queue()
+    for item in items:
+        todo.put(item)
+    task = progress.add_task("compiling", total=len(cases) * len(archs)) if progress else None
     lock = threading.Lock()
 
-    def work(index: int, share: list[tuple[str, int]]) -> None:
-        job = {
-            "vllm_src": str(vllm_src),
-            "items": share,
-            "head_sizes": list(head_sizes),
-            "save": str(save) if save else None,
-        }
-        with (logs / f"kernel-audit-worker-{index}.log").open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "stackforge.verify.kernels.audit", "--worker"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-            )  # fmt: skip
-            assert proc.stdin and proc.stdout
-            proc.stdin.write(json.dumps(job))
-            proc.stdin.close()
-            for line in proc.stdout:
-                msg = json.loads(line)
-                if msg.pop("event") == "start":
-                    if progress:
-                        progress.update(task, description=f"sm_{msg['arch']} {msg['case']}")
-                    continue
-                res = Result(**msg)
-                with lock:
-                    results[(res.case, res.arch)] = res
-                    if progress:
-                        progress.advance(task)
-            proc.wait()
+    def record(res: Result) -> None:
+        with lock:
+            results[(res.case, res.arch)] = res
+            if progress:
+                progress.advance(task)
 
-    shares = [items[i::jobs] for i in range(jobs)]
-    threads = [threading.Thread(target=work, args=(i, s), daemon=True) for i, s in enumerate(shares)]
+    def work(index: int) -> None:
+        worker: Worker | None = None
+        while True:
+            try:
+                case, group = todo.get_nowait()
+            except queue.Empty:
+                break
+            if worker is None:
+                worker = Worker("stackforge.verify.kernels.audit_worker", env, logs / f"worker-{index}.log")
+            if progress:
+                progress.update(task, description=f"{'/'.join(f'sm_{a}' for a in group)} {case.id}")
+            req = {"case": case.id, "archs": group, "vllm_src": str(vllm_src), "head_sizes": list(head_sizes),
+                   "save": str(save) if save else None, "modules": modules}  # fmt: skip
+            try:
+                for msg in worker.request(req, timeout=timeout):
+                    msg.pop("event")
+                    record(Result(**msg))
+            except WorkerLost as exc:
+                worker = None
+                status = "timeout" if "no answer" in exc.why else "worker-died"
+                for arch in group:
+                    if (case.id, arch) not in results:
+                        record(Result(case.id, case.kernel, case.shape, arch, status, reach=case.reach,
+                                      message=f"{exc.why}; log: {logs / f'worker-{index}.log'}",
+                                      limit=CAPABILITIES[arch].smem_per_block_optin, reached_by=case.reached_by))  # fmt: skip
+        if worker is not None:
+            worker.close()
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(jobs)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    missing = [i for i in items if i not in results]
-    if missing:
-        raise Failure(
-            f"{len(missing)} compile(s) got no result (first: {missing[0][0]} for sm_{missing[0][1]}): a worker died",
-            hint=f"see the worker logs in {logs}",
-        )
-    return [results[i] for i in items]
+    return [results[(c.id, a)] for c in cases for a in archs]
 
 
 def audit(
@@ -289,6 +179,8 @@ def audit(
     save: Path | None = None,
     jobs: int | None = None,
     show_progress: bool = True,
+    backends: tuple[str, ...] = (),
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Report:
     from stackforge.verify.kernels import overlay as triton_overlay
 
@@ -298,7 +190,11 @@ def audit(
             hint="run `stackforge clone vllm` (v0.14.0 + patches/vllm) or pass --vllm-src DIR",
         )
     setup = triton_overlay.prepare(state, triton_patches)
-    cases = select_cases(kernels, head_sizes)
+    from stackforge.verify.kernels.dtypes import auto_dtype
+
+    cases, skipped = select_cases(
+        kernels, head_sizes, backends, lambda m: auto_dtype(vllm_src, min(archs), m)
+    )
     report = Report(
         env_name,
         archs,
@@ -311,54 +207,11 @@ def audit(
     with Progress(*columns, console=err, transient=True, disable=not show_progress) as progress:
         report.results = run_audit(
             vllm_src=vllm_src, archs=archs, cases=cases, head_sizes=head_sizes, triton_path=setup.path,
-            state=state, save=save, jobs=jobs, progress=progress,
+            state=state, save=save, jobs=jobs, progress=progress, timeout=timeout,
         )  # fmt: skip
+    report.skipped = skipped
     report.seconds = time.monotonic() - start
     return report
-
-
-# --- output --------------------------------------------------------------------------------------
-
-
-def _cell(r: Result) -> str:
-    if r.ok:
-        return f"[green]ok[/green] {r.shared}"
-    if r.status == "shared-memory":
-        return f"[red]smem {r.shared}>{r.limit}[/red]"
-    return f"[red]{r.status}[/red]"
-
-
-def print_report(report: Report) -> None:
-    table = Table(
-        title=f"vLLM Triton kernels for {report.env} ({', '.join(f'sm_{a}' for a in report.archs)})"
-    )
-    table.add_column("kernel")
-    table.add_column("shape")
-    for arch in report.archs:
-        table.add_column(f"sm_{arch}")
-    rows: dict[str, dict[int, Result]] = {}
-    for r in report.results:
-        rows.setdefault(r.case, {})[r.arch] = r
-    for case, by_arch in rows.items():
-        first = next(iter(by_arch.values()))
-        table.add_row(first.kernel, case.partition("/")[2], *[_cell(by_arch[a]) for a in report.archs])
-    out.print(table)
-    failures = report.failures
-    if failures:
-        out.print("[bold]failures:[/bold]")
-        for r in failures:
-            out.print(f"  {r.case} sm_{r.arch}: {r.status}: {r.message}")
-    t = report.triton
-    out.print(
-        f"triton {t['version']} ({t['how']}{', ' + str(len(t['patches'])) + ' patches' if t['patches'] else ''}); "
-        f"vLLM source {report.vllm_src}"
-    )
-    s = report.summary()
-    verdict = "[green]all compiled[/green]" if not failures else f"[red]{s['failed']} failed[/red]"
-    out.print(
-        f"audited {s['kernels']} kernels at {s['cases']} shapes for {len(report.archs)} arch(s): "
-        f"{s['compiles']} compiles in {s['seconds']:.1f} s, {verdict}"
-    )
 
 
 def build_numerics(folder: Path, vllm_src: Path, archs: list[int], report: Report, state: Path) -> list[Any]:
@@ -413,7 +266,3 @@ def run_numerics(saved: Path, env: Any) -> tuple[int, dict]:
     failed = not results or any(not r.ok for r in results)
     data = {"device": device, "results": [asdict(r) for r in results], "no_reference": dict(skipped)}
     return (EXIT_FAILED if failed else EXIT_OK), data
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
-    sys.exit(worker_main())

@@ -18,7 +18,7 @@ from types import ModuleType
 import triton
 import triton.language as tl
 
-from stackforge.verify.kernels.cases import Case, Launch, Tensor
+from stackforge.verify.kernels.launch import Case, Launch, Tensor
 
 PROGRAMS, LANES, SLOTS = 16, 1024, 64  # 256 adds into each slot
 SMALL = 256  # elements of the returns-old and cas kernels

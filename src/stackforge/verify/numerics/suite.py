@@ -25,324 +25,28 @@ from an unpatched tree, or an sm_61 atomic without the Triton patches).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import dataclasses
 import importlib
 import importlib.util
-import io
-import json
-import math
-import os
-import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stackforge.verify.kernels.cases import Attn, Case, Launch, Tensor
-from stackforge.verify.numerics.gpu import SCHEMA, TOLERANCES
-
-ARCHS = (60, 61, 70)
-
-# The kernel includes the fallback header our vLLM patch adds (csrc/cuda_atomic_compat.cuh), so what
-# runs is the patch's own code: below sm_70 its CAS loop, from sm_70 the native instruction.
-HALF_ATOMIC_SOURCE = r"""
-#include <cuda_fp16.h>
-#include "cuda_atomic_compat.cuh"
-
-extern "C" __global__ void scatter_add_half(__half* out, const __half* vals, const int* idx, __half* olds, int n) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) olds[i] = atomicAdd(out + idx[i], vals[i]);
-}
-"""
-FALLBACK_HEADER = "csrc/cuda_atomic_compat.cuh"
-
-HALF_ATOMIC_CASES = (
-    # slots adjacent in memory share 32-bit words; idx = i % slots puts neighbours in the same warp
-    {
-        "name": "ones",
-        "n": 16 * 2048,
-        "slots": 16,
-        "values": "ones",
-        "label": "32768 adds of 1.0 into 16 slots",
-    },
-    {
-        "name": "sixty-fourths",
-        "n": 256 * 512,
-        "slots": 256,
-        "values": "sixty-fourths",
-        "label": "131072 adds of j/64 into 256 slots",
-    },
-    {
-        "name": "random",
-        "n": 4096 * 8,
-        "slots": 4096,
-        "values": "random",
-        "label": "32768 adds of N(0,1)/4 into 4096 slots",
-    },
+from stackforge.cuda.caps import CAPABILITIES
+from stackforge.verify.kernels.cases_attention import Attn
+from stackforge.verify.kernels.launch import Case
+from stackforge.verify.kernels.worker import Worker, WorkerLost, overlay_env, serve
+from stackforge.verify.numerics.compile import (
+    SharedMemoryOver,
+    compile_launch,
+    first_error,
+    guard_shared_memory,
 )
-
-
-@dataclass
-class Built:
-    """What happened to one record: compiled (with a short detail) or not (why)."""
-
-    case: str
-    arch: int
-    ok: bool
-    detail: str
-
-
-def _nvidia_file(*parts: str) -> Path | None:
-    spec = importlib.util.find_spec("nvidia")
-    for folder in spec.submodule_search_locations if spec else []:
-        path = Path(folder).joinpath(*parts)
-        if path.exists():
-            return path
-    return None
-
-
-def nvrtc_compile(source: str, arch: int, name: str = "kernel.cu", includes: tuple[Path, ...] = ()) -> str:
-    """CUDA C++ -> PTX for compute_<arch> with NVRTC 12.x from the PyPI wheels."""
-    lib_path = _nvidia_file("cuda_nvrtc", "lib", "libnvrtc.so.12")
-    include = _nvidia_file("cuda_runtime", "include")
-    if lib_path is None or include is None:
-        raise RuntimeError(
-            "NVRTC 12.x not installed: pip install nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12"
-        )
-    lib = ctypes.CDLL(str(lib_path))
-    prog = ctypes.c_void_p()
-    if lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None):
-        raise RuntimeError("nvrtcCreateProgram failed")
-    opts = [f"--gpu-architecture=compute_{arch}".encode(), f"-I{include}".encode(), b"--std=c++17"]
-    opts += [f"-I{folder}".encode() for folder in includes]
-    result = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-    size = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    if result:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
-        raise RuntimeError(f"NVRTC compute_{arch}: {log.value.decode(errors='replace').strip()}")
-    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
-    ptx = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetPTX(prog, ptx)
-    lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    return ptx.value.decode()
-
-
-def nvrtc_version() -> str:
-    lib_path = _nvidia_file("cuda_nvrtc", "lib", "libnvrtc.so.12")
-    if lib_path is None:
-        return "NVRTC (not installed)"
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    ctypes.CDLL(str(lib_path)).nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
-    return f"NVRTC {major.value}.{minor.value}"
-
-
-def write_record(out: Path, name: str, record: dict, ptxs: list[str]) -> Path:
-    """`<name>.json` plus one `<name>[.N].ptx` per launch (the record's launches name them)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (launch, ptx) in enumerate(zip(record["launches"], ptxs, strict=True)):
-        launch["ptx"] = f"{name}.ptx" if len(ptxs) == 1 else f"{name}.{i}.ptx"
-        (out / launch["ptx"]).write_text(ptx)
-    path = out / f"{name}.json"
-    path.write_text(json.dumps({"schema": SCHEMA, **record}, indent=1, sort_keys=True) + "\n")
-    return path
-
-
-def build_half_atomic(out: Path, vllm: Path, archs: tuple[int, ...] = ARCHS) -> list[Built]:
-    """atomicAdd(__half*) from the vLLM tree's fallback header: its CAS loop below compute_70, the
-    native instruction for compute_70. Without the patch, compute_6x does not compile (reported)."""
-    built = []
-    csrc = vllm / FALLBACK_HEADER
-    for arch in archs:
-        try:
-            if not csrc.is_file():
-                raise RuntimeError(f"{csrc} does not exist: use the patched vLLM tree")
-            ptx = nvrtc_compile(HALF_ATOMIC_SOURCE, arch, "half_atomic.cu", includes=(csrc.parent,))
-        except RuntimeError as exc:
-            built += [
-                Built(f"half_atomic_add-{c['name']}-sm{arch}", arch, False, str(exc))
-                for c in HALF_ATOMIC_CASES
-            ]
-            continue
-        for case in HALF_ATOMIC_CASES:
-            name = f"half_atomic_add-{case['name']}-sm{arch}"
-            record = {
-                "check": "half_atomic_add",
-                "kernel": "atomicAdd(__half*) " + ("CAS fallback (vLLM patch)" if arch < 70 else "native"),
-                "label": case["label"],
-                "arch": arch,
-                "shape": {"n": case["n"], "slots": case["slots"], "values": case["values"], "seed": 5},
-                "launches": [
-                    {
-                        "entry": "scatter_add_half",
-                        "grid": [math.ceil(case["n"] / 256), 1, 1],
-                        "block": [256, 1, 1],
-                        "shared": 0,
-                        "args": [
-                            {"name": "out", "tensor": "out"},
-                            {"name": "vals", "tensor": "vals"},
-                            {"name": "idx", "tensor": "idx"},
-                            {"name": "olds", "tensor": "olds"},
-                            {"name": "n", "value": case["n"], "type": "i32"},
-                        ],
-                    }
-                ],
-                "tolerance": TOLERANCES["half_atomic_add"],
-                "compiled_with": nvrtc_version(),
-            }
-            write_record(out, name, record, [ptx])
-            built.append(Built(name, arch, True, "compiled"))
-    return built
-
-
-# --- Triton: one compile path for the audit and the suite ------------------------------------------
-
-
-class SharedMemoryOver(Exception):
-    def __init__(self, needed: int, limit: int) -> None:
-        super().__init__(f"needs {needed} bytes of shared memory per block, limit {limit}")
-        self.needed, self.limit = needed, limit
-
-
-def smem_limit(arch: int) -> int:
-    """Shared memory per block a Triton kernel may use: Triton's driver opts into the maximum
-    (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN) and refuses kernels above it."""
-    from stackforge.cuda.caps import CAPABILITIES
-
-    return CAPABILITIES[arch].smem_per_block_optin
-
-
-def guard_shared_memory() -> None:
-    """Stop a compile before ptxas when the kernel cannot launch anyway (Triton would raise
-    OutOfResources at load time): ptxas takes minutes on the big unrolled FMA kernels."""
-    from triton.backends.nvidia.compiler import CUDABackend
-
-    from stackforge.cuda.caps import CAPABILITIES
-
-    original = CUDABackend.make_cubin
-    if getattr(original, "stackforge_guard", False):
-        return
-
-    def make_cubin(self: Any, src: str, metadata: dict, opt: Any, capability: int) -> bytes:
-        needed = metadata.get("shared", 0)
-        if capability in CAPABILITIES and needed > smem_limit(capability):
-            raise SharedMemoryOver(needed, smem_limit(capability))
-        return original(self, src, metadata, opt, capability)
-
-    make_cubin.stackforge_guard = True  # type: ignore[attr-defined]
-    CUDABackend.make_cubin = make_cubin
-
-
-def compile_launch(fn: Any, launch: Launch, arch: int) -> tuple[Any, dict, dict]:
-    """Specialise the arguments with Triton's own launch binder, then compile for `arch`:
-    (compiled kernel, bound arguments, Triton signature)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = {**launch.kwargs, "debug": False}
-    bound, specialization, options = binder(*launch.args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-    with contextlib.redirect_stdout(io.StringIO()):  # Triton prints a whole PTX reproducer on a ptxas error
-        kernel = triton.compile(
-            ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
-        )
-    return kernel, dict(bound), signature
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, int | float | str | bool) or value is None else repr(value)
-
-
-def _tensor_key(tensors: dict[str, dict], desc: dict, param: str) -> str:
-    """Launches of one record share tensors by role (the 3D kernel's segment buffers are what
-    reduce_segments reads); a role seen with another shape gets the parameter's name added."""
-    key = desc["role"]
-    if key in tensors and tensors[key] != desc:
-        key = f"{desc['role']}.{param}"
-    tensors[key] = desc
-    return key
-
-
-def triton_launch(
-    kernel: Any, bound: dict, signature: dict, launch: Launch, case: Case, tensors: dict
-) -> dict:
-    """The numerics launch entry of a compiled kernel (runtime arguments in .entry order; tensors
-    described in `tensors`), with the constexprs baked in and where vLLM makes the launch."""
-    args, constexprs = [], {}
-    for name, ty in signature.items():
-        value = bound[name]
-        if ty == "constexpr":
-            constexprs[name] = _jsonable(value)
-        elif isinstance(value, Tensor):
-            args.append({"name": name, "tensor": _tensor_key(tensors, value.describe(), name)})
-        else:
-            args.append({"name": name, "value": value, "type": ty})
-    md = kernel.metadata
-    return {
-        "entry": md.name,
-        "grid": list(launch.grid) + [1] * (3 - len(launch.grid)),
-        "block": [md.num_warps * 32, 1, 1],
-        "shared": md.shared,
-        "global_scratch": {"size": md.global_scratch_size, "align": md.global_scratch_align},
-        "profile_scratch": {"size": md.profile_scratch_size, "align": md.profile_scratch_align},
-        "args": args,
-        "constexprs": constexprs,
-        "case": case.id,
-        "module": case.module,
-        "function": case.function,
-        "launcher": case.launcher,
-    }
-
-
-TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_Q", "TILE_SIZE")
-
-
-def tiles(launch: dict) -> str:
-    """The tile sizes a launch was compiled with, for labels: "BLOCK_M=64 BLOCK_N=64 ..."."""
-    c = launch["constexprs"]
-    keys = [k for k in TILE_KEYS if k in c]
-    if "PHYSICAL_BLOCK_SIZE" in c:  # prefix prefill: BLOCK_SIZE is the width of the context tiles
-        keys.append("BLOCK_SIZE")
-    return " ".join(f"{k}={c[k]}" for k in keys)
-
-
-def triton_record(check: str, kernel: str, label: str, arch: int, compiled: list[tuple]) -> tuple[dict, list]:
-    """(record, PTX per launch) for launches compiled in order: `compiled` holds
-    (case, kernel, bound, signature, launch) tuples, launched on one shared set of tensors."""
-    import triton
-
-    tensors: dict[str, dict] = {}
-    launches = [triton_launch(k, b, s, ln, case, tensors) for case, k, b, s, ln in compiled]
-    shown = " / ".join(t for t in dict.fromkeys(tiles(ln) for ln in launches) if t)
-    record = {
-        "check": check,
-        "kernel": kernel,
-        "label": f"{label} ({shown})" if shown else label,
-        "arch": arch,
-        "shape": compiled[0][4].scenario,
-        "tensors": tensors,
-        "launches": launches,
-        "tolerance": TOLERANCES.get(check),
-        "compiled_with": f"triton {triton.__version__}",
-    }
-    return record, [k.asm["ptx"] for _, k, _, _, _ in compiled]
-
-
-def first_error(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    specific = [ln for ln in lines if "error   :" in ln or "OutOfResources" in ln or "Required:" in ln]
-    return (specific or lines or [type(exc).__name__])[0][:300]
-
+from stackforge.verify.numerics.nvrtc import ARCHS, build_half_atomic
+from stackforge.verify.numerics.records import Built, triton_record, write_record
 
 # --- the suite's Triton records ----------------------------------------------------------------------
 
@@ -395,6 +99,7 @@ ENCODER = (  # patches/vllm 0021: BLOCK from the shared-memory limit
 def suite_items() -> list[Item]:
     """Every Triton record of the suite except the archs: atomics kernels, then vLLM attention."""
     from stackforge.verify.kernels import cases as kc
+    from stackforge.verify.kernels import cases_attention as ka
     from stackforge.verify.numerics.atomics import atomic_cases
 
     items = [
@@ -409,20 +114,20 @@ def suite_items() -> list[Item]:
         )
 
     for i, (kind, a) in enumerate(UNIFIED_2D):
-        case = vcase("unified_attention_2d", kc.unified_2d, a, f"n{i}")
+        case = vcase("unified_attention_2d", ka.unified_2d, a, f"n{i}")
         items.append(Item(f"unified_attention_2d-{i}", "unified_attention_2d", "kernel_unified_attention_2d",
                           _attn_label(kind, a), (case,)))  # fmt: skip
     for i, (kind, a) in enumerate(UNIFIED_3D):
-        pair = (vcase("unified_attention_3d", kc.unified_3d, a, f"n{i}"),
-                vcase("reduce_segments", kc.reduce_segments, a, f"n{i}"))  # fmt: skip
+        pair = (vcase("unified_attention_3d", ka.unified_3d, a, f"n{i}"),
+                vcase("reduce_segments", ka.reduce_segments, a, f"n{i}"))  # fmt: skip
         items.append(Item(f"unified_attention_3d-{i}", "unified_attention_3d+reduce_segments",
                           "kernel_unified_attention_3d + reduce_segments", _attn_label(kind, a), pair))  # fmt: skip
     for kind, a in PREFIX_PREFILL:
-        case = vcase("prefix_prefill", kc.prefix_prefill, a, f"h{a.head_size}")
+        case = vcase("prefix_prefill", ka.prefix_prefill, a, f"h{a.head_size}")
         items.append(Item(f"prefix_prefill-h{a.head_size}", "prefix_prefill", "prefix_prefill _fwd_kernel",
                           _attn_label(kind, a), (case,)))  # fmt: skip
     for kind, a in ENCODER:
-        case = vcase("encoder_prefill_attention", kc.encoder_prefill, a, f"h{a.head_size}")
+        case = vcase("encoder_prefill_attention", ka.encoder_prefill, a, f"h{a.head_size}")
         items.append(Item(f"encoder_prefill_attention-h{a.head_size}", "encoder_prefill_attention",
                           "triton_prefill_attention _fwd_kernel", _attn_label(kind, a), (case,)))  # fmt: skip
     return items
@@ -468,10 +173,12 @@ def build_triton(
                     module = modules[case.module]
                     if isinstance(module, Exception):
                         raise module
-                    launch = case.build(module, arch, smem_limit(arch))
+                    launch = case.build(module, arch, CAPABILITIES[arch].smem_per_block_optin)
                     kernel, bound, signature = compile_launch(getattr(module, case.function), launch, arch)
-                    if kernel.metadata.shared > smem_limit(arch):
-                        raise SharedMemoryOver(kernel.metadata.shared, smem_limit(arch))
+                    if kernel.metadata.shared > CAPABILITIES[arch].smem_per_block_optin:
+                        raise SharedMemoryOver(
+                            kernel.metadata.shared, CAPABILITIES[arch].smem_per_block_optin
+                        )
                     compiled.append((case, kernel, bound, signature, launch))
             except Exception as exc:  # ptxas, shared memory, a kernel file that does not load: report it
                 built.append(Built(name, arch, False, f"{type(exc).__name__}: {first_error(exc)}"))
@@ -495,15 +202,11 @@ def build_all(
 # --- running the build with the patched Triton ------------------------------------------------------
 
 
-def overlay_env(triton_path: Path | None, cache: Path) -> dict[str, str]:
-    """The environment of a process that must import the patched Triton: the overlay first on
-    PYTHONPATH, Triton's cache where the caller keeps its state."""
-    env = dict(os.environ)
-    env["TRITON_CACHE_DIR"] = str(cache)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(triton_path)] * (triton_path is not None) + [p for p in [env.get("PYTHONPATH")] if p]
-    )
-    return env
+def _serve(req: dict) -> Iterator[dict]:
+    """The worker's one request: build (a part of) the suite with the Triton on sys.path."""
+    only = tuple(req["only"]) if req.get("only") else None
+    for b in build_all(Path(req["out"]), Path(req["vllm"]), tuple(req["archs"]), only):
+        yield {"event": "built", **dataclasses.asdict(b)}
 
 
 def build_in_subprocess(
@@ -515,32 +218,36 @@ def build_in_subprocess(
     only: tuple[str, ...] | None = None,
 ) -> tuple[list[Built], str]:
     """Run the suite's build in a fresh process that imports the patched Triton (the overlay at
-    `triton_path`); (what was built, the process's log)."""
-    cmd = [sys.executable, "-m", "stackforge.verify.numerics.suite", str(out), "--vllm", str(vllm)]
-    cmd += ["--archs", ",".join(map(str, archs)), "--worker"]
-    cmd += ["--only", ",".join(only)] if only else []
-    done = subprocess.run(
-        cmd, env=overlay_env(triton_path, state / "triton-cache"), capture_output=True, text=True
-    )
-    built = [
-        Built(**json.loads(ln[len("@built ") :]))
-        for ln in done.stdout.splitlines()
-        if ln.startswith("@built ")
-    ]
-    if done.returncode != 0 and not built:
-        built = [Built("numerics_build", 0, False, (done.stderr.strip().splitlines() or ["died"])[-1][:300])]
-    return built, done.stdout + done.stderr
+    `triton_path`), a worker of `stackforge.verify.kernels.worker`; (what was built, its log)."""
+    with tempfile.TemporaryDirectory(prefix="stackforge-numerics-log-") as scratch:
+        log = Path(scratch) / "build.log"
+        worker = Worker(
+            "stackforge.verify.numerics.suite", overlay_env(triton_path, state / "triton-cache"), log
+        )
+        req = {"out": str(out), "vllm": str(vllm), "archs": list(archs), "only": list(only) if only else None}
+        built: list[Built] = []
+        try:
+            for msg in worker.request(req):
+                msg.pop("event")
+                built.append(Built(**msg))
+            worker.close()
+        except WorkerLost as exc:
+            if not built:
+                lines = log.read_text(errors="replace").strip().splitlines()
+                built = [Built("numerics_build", 0, False, (lines or [exc.why])[-1][:300])]
+        return built, log.read_text(errors="replace")
 
 
 def vllm_tree(which: str, scratch: Path) -> Path:
     """The vLLM 0.14.0 source to compile: a path, "upstream" (the PyPI sdist, cached) or "patched"
     (the sdist with patches/vllm/*.patch applied in a git repository under `scratch`)."""
     from stackforge.verify.upstream import pypi as upstream
+    from stackforge.verify.upstream import repos
 
     if which == "upstream":
         return upstream.vllm_sdist()
     if which == "patched":
-        return upstream.patched_repo("vllm", scratch / "vllm")
+        return repos.patched_repo("vllm", scratch / "vllm")
     return Path(which)
 
 
@@ -560,15 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         help="folder of Triton patches to overlay (default the workspace's patches/triton; 'none')",
     )
     parser.add_argument("--only", help="only records whose name starts with one of these (comma-separated)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     archs = tuple(int(a) for a in args.archs.split(","))
     only = tuple(args.only.split(",")) if args.only else None
-    if args.worker:  # the patched Triton is on sys.path already
-        built = build_all(args.out, Path(args.vllm), archs, only)
-        for b in built:
-            print("@built " + json.dumps(dataclasses.asdict(b)), flush=True)
-        return 0
     from stackforge.core.workspace import find_workspace
     from stackforge.verify.kernels import overlay as triton_overlay
 
@@ -592,4 +293,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:  # the patched Triton is on sys.path already
+        sys.exit(serve(_serve))
     sys.exit(main())

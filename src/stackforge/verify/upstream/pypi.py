@@ -1,6 +1,7 @@
 """Real upstream source from PyPI, cached: the ground the patch series is proven on.
 
-No GitHub here (FACTS.md), so the proof uses what PyPI publishes:
+The proof needs no GitHub (build farms and CI may reach only a package index), so it uses what
+PyPI publishes:
 
 * vLLM publishes an sdist. setuptools-scm builds it from the git checkout, so every file in it
   is byte-for-byte the file in git at v0.14.0 (b17039bc), except the few packaging artefacts
@@ -10,9 +11,11 @@ No GitHub here (FACTS.md), so the proof uses what PyPI publishes:
 * PyTorch and Triton publish wheels only. Their Python files are verbatim copies of the source
   files (wheel path `torch/X` is repo path `torch/X`; `triton/backends/nvidia/X` is
   `third_party/nvidia/backend/X`; `triton/X` is `python/triton/X`), so a repository holding
-  just the files a series touches, at their repo paths, is enough to prove it applies.
+  just the files a series touches, at their repo paths, is enough to prove it applies (the path table is
+  `stackforge.verify.kernels.overlay.PATH_MAP`; git repositories: `stackforge.verify.upstream.repos`).
   Caveat for PyTorch: the PyPI torch 2.9.1 wheels were built from 5811a8d7, not from the
-  pinned v2.9.1 commit d38164a (FACTS.md). A patch proven here is proven on 5811a8d7's copy of
+  pinned v2.9.1 commit d38164a (git-repos.txt): the wheel's own torch/version.py says
+  `git_version = '5811a8d7da873dd699ff6687092c225caffcf1bb'`. A patch proven here is proven on 5811a8d7's copy of
   each file; where the two commits hold the same file (the blob hash in the patch's `index`
   line matches), the proof carries over exactly; where they differ, `stackforge patches check`
   on a real clone is the final word. Files a wheel does not ship (C++ sources) cannot be
@@ -30,21 +33,20 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
 from filelock import FileLock
 
-from stackforge.core.console import Failure, UsageError
+from stackforge.core.console import Failure
 from stackforge.core.files import atomic_write
 
 # A PEP 691 simple index; STACKFORGE_PYPI_INDEX points at a mirror (or a local test server).
@@ -52,40 +54,10 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 USER_AGENT = "stackforge-upstream/0.1 (+https://pypi.org)"
 
-# The pinned stack (FACTS.md): which PyPI release stands in for each upstream repository.
+# The pinned stack (git-repos.txt's ref= of each commit): which PyPI release stands in for each upstream repository.
 PINNED = {"vllm": "0.14.0", "pytorch": "2.9.1", "triton": "3.5.1"}
 PYPI_PROJECT = {"vllm": "vllm", "pytorch": "torch", "triton": "triton"}
 
-# repo path prefix -> wheel path prefix, most specific first (the first match wins both ways).
-PATH_MAP: dict[str, tuple[tuple[str, str], ...]] = {
-    "pytorch": (("torch/", "torch/"),),
-    "triton": (
-        ("third_party/nvidia/backend/", "triton/backends/nvidia/"),
-        ("third_party/amd/backend/", "triton/backends/amd/"),
-        ("python/triton/", "triton/"),
-    ),
-}
-
-# sdist members that setuptools writes and git does not hold (vllm/_version.py is git-ignored).
-_GENERATED = ("PKG-INFO", "setup.cfg", "vllm.egg-info", "vllm/_version.py")
-
-# One commit with fixed identity and dates, so the same files always give the same SHA.
-_GIT_ENV = {
-    "GIT_AUTHOR_NAME": "stackforge",
-    "GIT_AUTHOR_EMAIL": "stackforge@users.noreply.github.com",
-    "GIT_COMMITTER_NAME": "stackforge",
-    "GIT_COMMITTER_EMAIL": "stackforge@users.noreply.github.com",
-    "GIT_AUTHOR_DATE": "2025-01-01T00:00:00+00:00",
-    "GIT_COMMITTER_DATE": "2025-01-01T00:00:00+00:00",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-# `git am` takes author and date from each patch: only the committer is fixed (its date follows
-# the author's), so the patched HEAD is the same commit everywhere.
-_AM_ENV = {k: v for k, v in _GIT_ENV.items() if "AUTHOR" not in k and "DATE" not in k}
-# Inherited variables that would redirect git or override identities and dates.
-_SCRUBBED = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_AUTHOR_", "GIT_COMMITTER_")
 
 _RETRIES = 4
 _TIMEOUT = 60
@@ -384,190 +356,3 @@ def wheel_members(
 ) -> list[str]:
     """Names of every member of the wheel that `wheel_member` reads from."""
     return sorted(_wheel_index(project, version, python_tag, platform_tag_contains)[1]["entries"])
-
-
-# --- repo paths <-> wheel paths, and what a series touches -------------------------------------
-
-
-def repo_to_wheel(name: str, repo_path: str) -> str | None:
-    """Where the wheel ships repo file `repo_path`, or None if it ships no copy of it."""
-    for repo_prefix, wheel_prefix in PATH_MAP.get(name, ()):
-        if repo_path.startswith(repo_prefix):
-            return wheel_prefix + repo_path[len(repo_prefix) :]
-    return None
-
-
-def wheel_to_repo(name: str, wheel_path: str) -> str | None:
-    """The repository path of wheel member `wheel_path`, or None for build products."""
-    for repo_prefix, wheel_prefix in PATH_MAP.get(name, ()):
-        if wheel_path.startswith(wheel_prefix):
-            return repo_prefix + wheel_path[len(wheel_prefix) :]
-    return None
-
-
-_DIFF_HEADER = re.compile(r"^diff --git a/(\S+) b/(\S+)$")
-
-
-def touched_paths(patch_files: Iterable[Path]) -> list[str]:
-    """Repo paths a series needs to exist before it applies: every `diff --git a/X` whose
-    old side is not /dev/null, minus files an earlier patch of the series creates."""
-    needed: list[str] = []
-    created: set[str] = set()
-    for patch in patch_files:
-        current: str | None = None
-        for line in patch.read_text(encoding="utf-8", errors="replace").splitlines():
-            m = _DIFF_HEADER.match(line)
-            if m:
-                current = m[1]
-                if current not in created and current not in needed:
-                    needed.append(current)
-            elif current and (line.startswith("new file mode") or line == "--- /dev/null"):
-                if current in needed and current not in created:
-                    needed.remove(current)
-                created.add(current)
-                current = None
-    return needed
-
-
-# --- a git repository of upstream files --------------------------------------------------------
-
-
-def _git_env(extra: dict[str, str]) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
-    return {**inherited, **extra}
-
-
-def _run_git(dest: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=dest, env=_git_env(env), capture_output=True, text=True)
-
-
-def _git(dest: Path, *args: str, env: dict[str, str] = _GIT_ENV) -> str:
-    done = _run_git(dest, *args, env=env)
-    if done.returncode != 0:
-        raise Failure(f"git {' '.join(args)} in {dest} failed: {done.stderr.strip()}")
-    return done.stdout.strip()
-
-
-def _default_patches(name: str) -> list[Path]:
-    from stackforge.core.workspace import find_workspace
-
-    return sorted(find_workspace().patch_dir(name).glob("*.patch"))
-
-
-def upstream_files(name: str, patch_files: Sequence[Path] | None = None) -> dict[str, bytes]:
-    """repo path -> bytes for the files of `name` that the series touches (pytorch, triton)."""
-    if name not in PATH_MAP:
-        raise UsageError(f"no wheel path map for {name!r}", hint=f"one of: {', '.join(PATH_MAP)}")
-    patches = list(patch_files) if patch_files is not None else _default_patches(name)
-    project, version = PYPI_PROJECT[name], PINNED[name]
-    files: dict[str, bytes] = {}
-    unshipped = []
-    for repo_path in touched_paths(patches):
-        wheel_path = repo_to_wheel(name, repo_path)
-        if wheel_path is None:
-            unshipped.append(repo_path)
-            continue
-        files[repo_path] = wheel_member(project, version, wheel_path)
-    if unshipped:
-        raise Failure(
-            f"the {project} {version} wheel ships no copy of {', '.join(unshipped)} "
-            f"(touched by {', '.join(p.name for p in patches)})",
-            hint="such patches can be proven only on a git checkout: `stackforge clone` then `patches check`",
-        )
-    return files
-
-
-def upstream_repo(name: str, dest: Path, *, patch_files: Sequence[Path] | None = None) -> Path:
-    """A git repository at `dest` holding upstream `name` at the pinned version as one commit
-    (fixed identity and dates: same files, same SHA), ready for `git am --3way`.
-
-    vllm: the whole sdist tree minus packaging artefacts (committed once in the cache, then
-    cloned). pytorch/triton: the wheel files the series touches (`patch_files`, default patches/<name>/*.patch of the workspace) at their
-    repository paths (`PATH_MAP`).
-    """
-    dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()):
-        raise UsageError(f"{dest} is not empty", hint="give upstream_repo a new or empty folder")
-    version = PINNED.get(name)
-    if version is None:
-        raise UsageError(f"no pinned upstream {name!r}", hint=f"one of: {', '.join(PINNED)}")
-    if name == "vllm":
-        # Committing 3,700 files takes seconds; clone a commit made once in the cache instead.
-        base = _vllm_base_repo(version)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _git(dest.parent, "clone", "--quiet", str(base), str(dest))
-        _git(dest, "remote", "remove", "origin")  # self-contained: nothing points into the cache
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    for repo_path, data in upstream_files(name, patch_files).items():
-        target = dest / repo_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    _commit_all(
-        dest,
-        f"{name} {version}: files of the PyPI {PYPI_PROJECT[name]} {version} wheel, at their repository paths",
-    )
-    return dest
-
-
-def _commit_all(repo: Path, message: str) -> None:
-    """`git init` + one commit of everything in `repo` (fixed identity and dates)."""
-    _git(repo, "init", "--quiet", "--initial-branch=main")
-    _git(repo, "config", "core.autocrlf", "false")
-    # -f: some upstream files match the upstream .gitignore (it is in the tree) yet are tracked.
-    _git(repo, "add", "--all", "--force")
-    _git(repo, "commit", "--quiet", "--no-verify", "-m", message)
-
-
-def _vllm_base_repo(version: str) -> Path:
-    """The sdist tree minus packaging artefacts as one commit, built once in the cache."""
-    repo = cache_dir() / "repos" / f"vllm-{version}"
-    if (repo / ".git" / "stackforge-complete").is_file():
-        return repo
-    with _lock(f"repo-vllm-{version}"):
-        if (repo / ".git" / "stackforge-complete").is_file():
-            return repo
-        tree = vllm_sdist(version)
-        repo.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".vllm-{version}-", dir=repo.parent) as scratch:
-            work = Path(scratch) / "repo"
-            shutil.copytree(tree, work, symlinks=True)
-            for generated in _GENERATED:
-                target = work / generated
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-            _commit_all(work, f"vllm {version}: the PyPI sdist vllm-{version}.tar.gz")
-            (work / ".git" / "stackforge-complete").touch()
-            if repo.exists():  # a leftover of an interrupted build
-                shutil.rmtree(repo)
-            work.rename(repo)
-    return repo
-
-
-def apply_series(repo: Path, patch_files: Sequence[Path]) -> dict[str, str]:
-    """`git am --3way` each patch onto `repo` in order, with no user git config. Returns
-    patch name -> "clean" (applies exactly, checked first with `git apply --check`) or "3way"
-    (needed git's three-way fallback); a patch that does not apply raises Failure naming it."""
-    verdicts: dict[str, str] = {}
-    for patch in (Path(p).resolve() for p in patch_files):
-        clean = _run_git(repo, "apply", "--check", str(patch), env=_AM_ENV)
-        try:
-            _git(repo, "am", "--3way", "--quiet", "--committer-date-is-author-date", str(patch), env=_AM_ENV)
-        except Failure as exc:
-            _run_git(repo, "am", "--abort", env=_AM_ENV)
-            raise Failure(
-                f"{patch.name} does not apply to {repo}: {exc.message}",
-                hint="rebase the patch onto the pinned upstream and export it again",
-            ) from exc
-        verdicts[patch.name] = "clean" if clean.returncode == 0 else "3way"
-    return verdicts
-
-
-def patched_repo(name: str, dest: Path, patch_files: Sequence[Path] | None = None) -> Path:
-    """`upstream_repo` plus the series (default patches/<name>/*.patch) applied with `git am`."""
-    patches = list(patch_files) if patch_files is not None else _default_patches(name)
-    upstream_repo(name, dest, patch_files=patches)
-    apply_series(dest, patches)
-    return dest

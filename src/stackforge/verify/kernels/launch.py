@@ -1,0 +1,104 @@
+"""What a kernel launch is made of, as the kernel audit describes it without torch or a GPU.
+
+Tensors are `Tensor` descriptions (dtype, shape, strides, role) that Triton reads like torch
+tensors; `--save-ptx` writes them out so the numerics run can allocate real ones. A `Case` names
+the vLLM file and @triton.jit function and builds its `Launch` for an arch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, ClassVar
+
+
+class DType:
+    """A torch dtype as Triton's launcher sees it: `str(dtype)` is "torch.<name>"."""
+
+    SIZES: ClassVar[dict[str, int]] = {
+        "float16": 2, "bfloat16": 2, "float32": 4, "int8": 1, "uint8": 1, "int16": 2,
+        "int32": 4, "int64": 8, "uint64": 8, "float8_e5m2": 1, "float8_e4m3fn": 1, "bool": 1,
+    }  # fmt: skip
+
+    def __init__(self, name: str) -> None:
+        if name not in self.SIZES:
+            raise ValueError(f"unknown dtype {name}")
+        self.name = name
+        self.itemsize = self.SIZES[name]
+
+    def __str__(self) -> str:
+        return f"torch.{self.name}"
+
+    __repr__ = __str__
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+@dataclass
+class Tensor:
+    """What a launch passes where vLLM passes a torch tensor. `role` tells the numerics run what
+    the contents must be (e.g. "cu_seqlens_q" must be a prefix sum); strides are in elements."""
+
+    dtype_name: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+    role: str = "data"
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(self.shape)
+        self.strides = tuple(self.strides) if self.strides is not None else contiguous_strides(self.shape)
+
+    @property
+    def dtype(self) -> DType:
+        return DType(self.dtype_name)
+
+    def data_ptr(self) -> int:
+        return 1 << 20  # CUDA allocations are 256-byte aligned: Triton adds divisibility-16 hints
+
+    def stride(self, dim: int | None = None) -> Any:
+        return self.strides if dim is None else self.strides[dim]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dtype": self.dtype_name,
+            "shape": list(self.shape),
+            "strides": list(self.strides),
+            "role": self.role,
+        }
+
+
+@dataclass
+class Launch:
+    """One kernel launch: arguments as vLLM passes them, the grid, and the scenario behind them."""
+
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    grid: tuple[int, ...] = (1,)
+    scenario: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str  # unique, e.g. "unified_attention_2d/h128"
+    kernel: str  # display name
+    module: str  # dotted vLLM module that defines the kernel
+    function: str  # the @triton.jit function
+    launcher: str  # where vLLM builds this launch (file:function)
+    reached_by: str  # which vLLM path runs it on Pascal/Volta
+    shape: str  # human label of the scenario
+    build: Callable[[ModuleType, int, int], Launch]  # (module, arch, shared-memory limit) -> Launch
+    # who reaches it on Pascal/Volta: "default" (every model, default options), "model" (some
+    # models only), "option" (a vLLM option turns it on), "not-default-backend" (a backend vLLM
+    # never picks on these GPUs by itself)
+    reach: str = "default"
+    opt_in: str = ""  # audited only with `--backends <opt_in>` (or --all)
+    model: str = ""  # a model's launch (its config's heads, window, softcap): vLLM's model_type
+    dtype: str = "float16"  # the activations' dtype; model cases exist in each, the audit keeps vLLM's pick
+    cost: float = 1.0  # static estimate of the compile time, for scheduling (longest first)

@@ -1,0 +1,73 @@
+"""What a compiled kernel costs on the GPU, read from its cubin with the cuobjdump inside the
+triton wheel (no GPU needed): registers, local memory (spills and stack), spill stores, and the
+fp16 arithmetic instructions in the SASS. On sm_61 fp16 arithmetic runs at 1/64 of the fp32 rate
+(`stackforge.cuda.caps`, fp16_rate; NVIDIA's CUDA C++ Programming Guide, "Arithmetic
+Instructions"), so a kernel doing its math in fp16 there is a performance bug.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from stackforge.core.files import atomic_write
+
+# SASS opcodes of fp16 arithmetic (packed half2 and scalar forms share them)
+FP16_OPS = ("HADD2", "HMUL2", "HFMA2", "HSET2", "HSETP2", "HMNMX2")
+_RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+_OP = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(?:\.[\w.]+)?\s")
+
+
+def cuobjdump() -> Path:
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def sass_ops(sass: str) -> Counter:
+    """Opcode -> count over every instruction of a `cuobjdump -sass` listing."""
+    return Counter(m[1] for m in _OP.finditer(sass))
+
+
+def cubin_stats(cubin: bytes, arch: int, num_warps: int, shared: int) -> dict[str, Any]:
+    """{"regs", "stack", "local", "spill_stores", "fp16_ops", "fp16_by_op"} of one cubin; {} when
+    cuobjdump is missing (the audit still reports compile results)."""
+    tool = cuobjdump()
+    if not tool.is_file():
+        return {}
+    cache = Path(os.environ.get("TRITON_CACHE_DIR") or tempfile.gettempdir()) / "stackforge-stats"
+    cached = cache / f"{hashlib.sha256(cubin).hexdigest()}-w{num_warps}.json"
+    if cached.is_file():  # warm runs: no cuobjdump
+        return json.loads(cached.read_text())
+    stats = _read(tool, cubin, num_warps, shared)
+    cache.mkdir(parents=True, exist_ok=True)
+    atomic_write(cached, json.dumps(stats).encode())
+    return stats
+
+
+def _read(tool: Path, cubin: bytes, num_warps: int, shared: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        res = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=False)
+        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True, check=False)
+    m = _RES.search(res.stdout)
+    ops = sass_ops(sass.stdout)
+    fp16 = {op: n for op, n in ops.items() if op in FP16_OPS}
+    return {
+        "regs": int(m[1]) if m else None,
+        "stack": int(m[2]) if m else None,
+        "local": int(m[4]) if m else None,
+        "spill_stores": ops.get("STL", 0),
+        "fp16_ops": sum(fp16.values()),
+        "fp16_by_op": fp16,
+        "warps": num_warps,
+        "shared": shared,
+    }
