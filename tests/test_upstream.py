@@ -253,7 +253,12 @@ def test_vllm_sdist_verifies_extracts_once_and_builds_a_stable_repo(
     root, server = served
     _publish(root, "vllm", {"vllm-9.9.9.tar.gz": _sdist("9.9.9")})
     monkeypatch.setenv("STACKFORGE_PYPI_INDEX", f"{server.url}/simple")
-    monkeypatch.setitem(upstream.PINNED, "vllm", "9.9.9")
+    stack = tmp_path / "stack-ws"  # a workspace whose stack builds vLLM 9.9.9
+    stack.mkdir()
+    (stack / "git-repos.txt").write_text("")
+    (stack / "stack.yaml").write_text('packages:\n  vllm: "9.9.9"\n')
+    monkeypatch.setenv("STACKFORGE_ROOT", str(stack))
+    assert upstream.pinned("vllm") == "9.9.9"
     tree = upstream.vllm_sdist("9.9.9")
     assert (tree / "vllm" / "__init__.py").is_file()
     assert [p.name for p in tree.parent.iterdir()] == ["vllm-9.9.9"]  # no scratch left behind
@@ -341,7 +346,7 @@ def test_wheel_repo_holds_the_touched_files_and_series_applies(
     original = b"def gate(major):\n    return major >= 7\n"
     wheel = _zip({"torch/utils/_triton.py": original, "torch/other.py": b"x = 1\n"})
     _publish(
-        root, "torch", {_wheel_name("torch", upstream.PINNED["pytorch"], "manylinux_2_28_x86_64"): wheel}
+        root, "torch", {_wheel_name("torch", upstream.pinned("pytorch"), "manylinux_2_28_x86_64"): wheel}
     )
     monkeypatch.setenv("STACKFORGE_PYPI_INDEX", f"{server.url}/simple")
 

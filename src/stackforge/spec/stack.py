@@ -73,7 +73,7 @@ def stack_context(ws: Workspace) -> dict[str, str]:
 
 
 def describe(ws: Workspace | None) -> str | None:
-    """'vllm-0.14: vllm 0.14.0, pytorch 2.9.1, triton 3.5.1' for the workspace's chosen stack."""
+    """'NAME: vllm X.Y.Z, pytorch X.Y.Z, triton X.Y.Z' for the workspace's chosen stack."""
     if ws is None or not ws.stack_file.is_file():
         return None
     try:

@@ -1,7 +1,7 @@
 """`stackforge audit kernels -e ENV`: will vLLM's Triton kernels compile for the environment's GPUs?
 
 Compiles the kernels listed in `stackforge.verify.kernels.cases` from a vLLM source tree (default sources/vllm, i.e.
-v0.14.0 plus patches/vllm) for every arch of the environment with Triton's own compiler and the
+the stack's release plus patches/vllm) for every arch of the environment with Triton's own compiler and the
 ptxas inside the triton wheel (no GPU needed), with Triton patched by patches/triton (an overlay
 of the installed package, see `stackforge.verify.kernels.overlay`). Each kernel x shape x arch is reported as
 compiled, ptxas error (with ptxas' message), shared memory over the limit (bytes needed vs the
@@ -187,7 +187,7 @@ def audit(
     if not (vllm_src / "vllm").is_dir():
         raise UsageError(
             f"{vllm_src} is not a vLLM source tree (no vllm/ folder)",
-            hint="run `stackforge clone vllm` (v0.14.0 + patches/vllm) or pass --vllm-src DIR",
+            hint="run `stackforge clone vllm` (the stack's release + patches/vllm) or pass --vllm-src DIR",
         )
     setup = triton_overlay.prepare(state, triton_patches)
     from stackforge.verify.kernels.dtypes import auto_dtype

@@ -1,6 +1,6 @@
 """Which vLLM Triton kernels the kernel audit compiles, and with which arguments.
 
-Each `Case` rebuilds one launch the way vLLM 0.14.0's Python launcher makes it (the file and
+Each `Case` rebuilds one launch the way the first stack's vLLM Python launcher makes it (the file and
 function named in `Case.launcher`): the same positional/keyword arguments, tensor dtypes and
 strides, constexprs, num_warps and num_stages, for a concrete scenario (head size, heads, KV
 block size, sequence lengths). Triton's own binder then specialises the arguments exactly as at a

@@ -284,7 +284,7 @@ def prefix_prefill(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
         b, k_cache, v_cache, x, q, k, v, o, b_loc = _prefix_prefill_tensors(a)
         if hasattr(mod, "fwd_kernel_block_sizes"):  # our series: fit the device below sm_80
             block_m, block_n, tile = mod.fwd_kernel_block_sizes(a.padded, True, smem, arch < 80)
-        else:  # v0.14.0: 128/64 for power-of-two KV blocks, context tiles of 32
+        else:  # first stack: 128/64 for power-of-two KV blocks, context tiles of 32
             block_m, block_n, tile = 128, 64, 32
         args = (
             q, k, v, k_cache, v_cache, None, b_loc, b["sm_scale"], _scale(), _scale(), 1.0,

@@ -1,6 +1,6 @@
 """Which dtype vLLM runs a model in on these GPUs, read from the vLLM tree itself (no list of ours).
 
-vLLM 0.14.0: `vllm/platforms/cuda.py` `CudaPlatform.supported_dtypes` gives [float16, float32]
+The first stack's vLLM: `vllm/platforms/cuda.py` `CudaPlatform.supported_dtypes` gives [float16, float32]
 from capability 6.0 up to 8.0 (no bf16), and `vllm/config/model.py` `_resolve_auto_dtype` drops
 float16 for the model types of `_FLOAT16_NOT_SUPPORTED_MODELS` (Gemma 2/3, PLaMo 2, GLM-4:
 "Numerical instability"), so `--dtype auto` runs those in float32 on Pascal and Volta.
@@ -32,7 +32,7 @@ def fp16_refused(vllm_src: Path) -> dict[str, str]:
 def supported_dtypes(vllm_src: Path, arch: int) -> list[str]:
     """`CudaPlatform.supported_dtypes` for compute capability `arch` (61 = 6.1), in vLLM's order."""
     file = vllm_src / "vllm" / "platforms" / "cuda.py"
-    if not file.is_file():  # a partial tree: vLLM 0.14.0's answer for 6.0 <= arch < 8.0
+    if not file.is_file():  # a partial tree: the first stack's answer for 6.0 <= arch < 8.0
         return ["bfloat16", "float16", "float32"] if arch >= 80 else ["float16", "float32"]
     tree = ast.parse(file.read_text())
     for node in ast.walk(tree):

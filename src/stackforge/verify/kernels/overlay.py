@@ -63,7 +63,7 @@ def installed_triton() -> tuple[Path, str]:
     if spec is None or not spec.submodule_search_locations:
         raise Failure(
             "triton is not installed in this Python environment",
-            hint="pip install 'stackforge[audit]' (triton==3.5.1, with ptxas 12.8 inside)",
+            hint="pip install 'stackforge[audit]' (the stack's triton, with ptxas 12.8 inside)",
         )
     return Path(next(iter(spec.submodule_search_locations))), importlib.metadata.version("triton")
 
@@ -186,7 +186,7 @@ def _build(root: Path, triton_dir: Path, version: str, patches: list[Path]) -> N
                 raise Failure(
                     f"{patch} does not apply to the installed triton {version} ({triton_dir}):\n"
                     f"{done.stderr.strip()}",
-                    hint="the series targets triton 3.5.1: install it (pip install 'stackforge[audit]') "
+                    hint="the series targets the stack's triton (stack.yaml): install it (pip install 'stackforge[audit]') "
                     "or fix the patch (`stackforge patches check triton`)",
                 )
         (scratch / ".complete").write_text("\n".join(p.name for p in patches) + "\n")

@@ -239,7 +239,7 @@ def build_in_subprocess(
 
 
 def vllm_tree(which: str, scratch: Path) -> Path:
-    """The vLLM 0.14.0 source to compile: a path, "upstream" (the PyPI sdist, cached) or "patched"
+    """The vLLM source (the stack's release) to compile: a path, "upstream" (the PyPI sdist, cached) or "patched"
     (the sdist with patches/vllm/*.patch applied in a git repository under `scratch`)."""
     from stackforge.verify.upstream import pypi as upstream
     from stackforge.verify.upstream import repos

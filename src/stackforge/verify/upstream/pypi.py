@@ -4,7 +4,7 @@ The proof needs no GitHub (build farms and CI may reach only a package index), s
 PyPI publishes:
 
 * vLLM publishes an sdist. setuptools-scm builds it from the git checkout, so every file in it
-  is byte-for-byte the file in git at v0.14.0 (b17039bc), except the few packaging artefacts
+  is byte-for-byte the file in git at the release's commit, except the few packaging artefacts
   `_GENERATED` drops. Blob hashes therefore equal upstream's, and the `index <old>..<new>` lines
   of our patches name blobs that exist in the real repository: `git am --3way` on a real clone
   can fall back to a three-way merge exactly as it does here.
@@ -13,8 +13,8 @@ PyPI publishes:
   `third_party/nvidia/backend/X`; `triton/X` is `python/triton/X`), so a repository holding
   just the files a series touches, at their repo paths, is enough to prove it applies (the path table is
   `stackforge.verify.kernels.overlay.PATH_MAP`; git repositories: `stackforge.verify.upstream.repos`).
-  Caveat for PyTorch: the PyPI torch 2.9.1 wheels were built from 5811a8d7, not from the
-  pinned v2.9.1 commit d38164a (git-repos.txt): the wheel's own torch/version.py says
+  Caveat for PyTorch: the first stack's PyPI torch wheels were built from 5811a8d7, not from
+  the pinned commit d38164a (git-repos.txt): the wheel's own torch/version.py says
   `git_version = '5811a8d7da873dd699ff6687092c225caffcf1bb'`. A patch proven here is proven on 5811a8d7's copy of
   each file; where the two commits hold the same file (the blob hash in the patch's `index`
   line matches), the proof carries over exactly; where they differ, `stackforge patches check`
@@ -46,7 +46,7 @@ from urllib.parse import urljoin
 
 from filelock import FileLock
 
-from stackforge.core.console import Failure
+from stackforge.core.console import Failure, UsageError
 from stackforge.core.files import atomic_write
 
 # A PEP 691 simple index; STACKFORGE_PYPI_INDEX points at a mirror (or a local test server).
@@ -54,8 +54,7 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 USER_AGENT = "stackforge-upstream/0.1 (+https://pypi.org)"
 
-# The pinned stack (git-repos.txt's ref= of each commit): which PyPI release stands in for each upstream repository.
-PINNED = {"vllm": "0.14.0", "pytorch": "2.9.1", "triton": "3.5.1"}
+# which PyPI project stands in for each upstream repository; the release is the stack's (stack.yaml)
 PYPI_PROJECT = {"vllm": "vllm", "pytorch": "torch", "triton": "triton"}
 
 
@@ -159,8 +158,20 @@ def _pick(files: Iterable[IndexFile], wanted, what: str, project: str) -> IndexF
 # --- the vLLM sdist ----------------------------------------------------------------------------
 
 
-def vllm_sdist(version: str = PINNED["vllm"]) -> Path:
+def pinned(name: str) -> str:
+    """The release of `name` (vllm, pytorch, triton) that the workspace's stack builds (stack.yaml of
+    the workspace found from the current folder or STACKFORGE_ROOT, with STACKFORGE_STACK)."""
+    from stackforge.core.workspace import find_workspace
+    from stackforge.spec.stack import load_stack
+
+    if name not in PYPI_PROJECT:
+        raise UsageError(f"no pinned upstream {name!r}", hint=f"one of: {', '.join(PYPI_PROJECT)}")
+    return load_stack(find_workspace()).version(name)
+
+
+def vllm_sdist(version: str | None = None) -> Path:
     """The vLLM sdist's source tree, downloaded, sha256-checked and extracted once."""
+    version = version or pinned("vllm")
     root = cache_dir() / "sdist"
     tree = root / f"vllm-{version}"
     if (tree / "CMakeLists.txt").is_file():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from stackforge.core.console import Failure, UsageError
 from stackforge.verify.kernels.overlay import PATH_MAP, repo_to_wheel
-from stackforge.verify.upstream.pypi import PINNED, PYPI_PROJECT, _lock, cache_dir, vllm_sdist, wheel_member
+from stackforge.verify.upstream.pypi import PYPI_PROJECT, _lock, cache_dir, pinned, vllm_sdist, wheel_member
 
 # sdist members that setuptools writes and git does not hold (vllm/_version.py is git-ignored).
 _GENERATED = ("PKG-INFO", "setup.cfg", "vllm.egg-info", "vllm/_version.py")
@@ -96,7 +96,7 @@ def upstream_files(name: str, patch_files: Sequence[Path] | None = None) -> dict
     if name not in PATH_MAP:
         raise UsageError(f"no wheel path map for {name!r}", hint=f"one of: {', '.join(PATH_MAP)}")
     patches = list(patch_files) if patch_files is not None else _default_patches(name)
-    project, version = PYPI_PROJECT[name], PINNED[name]
+    project, version = PYPI_PROJECT[name], pinned(name)
     files: dict[str, bytes] = {}
     unshipped = []
     for repo_path in touched_paths(patches):
@@ -125,9 +125,7 @@ def upstream_repo(name: str, dest: Path, *, patch_files: Sequence[Path] | None =
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise UsageError(f"{dest} is not empty", hint="give upstream_repo a new or empty folder")
-    version = PINNED.get(name)
-    if version is None:
-        raise UsageError(f"no pinned upstream {name!r}", hint=f"one of: {', '.join(PINNED)}")
+    version = pinned(name)
     if name == "vllm":
         # Committing 3,700 files takes seconds; clone a commit made once in the cache instead.
         base = _vllm_base_repo(version)
