@@ -461,12 +461,15 @@ def _default_patches(name: str) -> list[Path]:
     return sorted(find_workspace().patch_dir(name).glob("*.patch"))
 
 
-def upstream_files(name: str, patch_files: Sequence[Path] | None = None) -> dict[str, bytes]:
-    """repo path -> bytes for the files of `name` that the series touches (pytorch, triton)."""
+def upstream_files(
+    name: str, patch_files: Sequence[Path] | None = None, *, version: str | None = None
+) -> dict[str, bytes]:
+    """repo path -> bytes for the files of `name` that the series touches (pytorch, triton), from
+    the wheel of `version` (default: the pinned one, `PINNED`)."""
     if name not in PATH_MAP:
         raise UsageError(f"no wheel path map for {name!r}", hint=f"one of: {', '.join(PATH_MAP)}")
     patches = list(patch_files) if patch_files is not None else _default_patches(name)
-    project, version = PYPI_PROJECT[name], PINNED[name]
+    project, version = PYPI_PROJECT[name], version or PINNED[name]
     files: dict[str, bytes] = {}
     unshipped = []
     for repo_path in touched_paths(patches):
@@ -484,8 +487,11 @@ def upstream_files(name: str, patch_files: Sequence[Path] | None = None) -> dict
     return files
 
 
-def upstream_repo(name: str, dest: Path, *, patch_files: Sequence[Path] | None = None) -> Path:
-    """A git repository at `dest` holding upstream `name` at the pinned version as one commit
+def upstream_repo(
+    name: str, dest: Path, *, patch_files: Sequence[Path] | None = None, version: str | None = None
+) -> Path:
+    """A git repository at `dest` holding upstream `name` at `version` (default: the pinned one,
+    `PINNED`; another release proves a series for a newer stack) as one commit
     (fixed identity and dates: same files, same SHA), ready for `git am --3way`.
 
     vllm: the whole sdist tree minus packaging artefacts (committed once in the cache, then
@@ -495,9 +501,9 @@ def upstream_repo(name: str, dest: Path, *, patch_files: Sequence[Path] | None =
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise UsageError(f"{dest} is not empty", hint="give upstream_repo a new or empty folder")
-    version = PINNED.get(name)
-    if version is None:
+    if name not in PINNED:
         raise UsageError(f"no pinned upstream {name!r}", hint=f"one of: {', '.join(PINNED)}")
+    version = version or PINNED[name]
     if name == "vllm":
         # Committing 3,700 files takes seconds; clone a commit made once in the cache instead.
         base = _vllm_base_repo(version)
@@ -506,7 +512,7 @@ def upstream_repo(name: str, dest: Path, *, patch_files: Sequence[Path] | None =
         _git(dest, "remote", "remove", "origin")  # self-contained: nothing points into the cache
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    for repo_path, data in upstream_files(name, patch_files).items():
+    for repo_path, data in upstream_files(name, patch_files, version=version).items():
         target = dest / repo_path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
@@ -572,9 +578,11 @@ def apply_series(repo: Path, patch_files: Sequence[Path]) -> dict[str, str]:
     return verdicts
 
 
-def patched_repo(name: str, dest: Path, patch_files: Sequence[Path] | None = None) -> Path:
+def patched_repo(
+    name: str, dest: Path, patch_files: Sequence[Path] | None = None, *, version: str | None = None
+) -> Path:
     """`upstream_repo` plus the series (default patches/<name>/*.patch) applied with `git am`."""
     patches = list(patch_files) if patch_files is not None else _default_patches(name)
-    upstream_repo(name, dest, patch_files=patches)
+    upstream_repo(name, dest, patch_files=patches, version=version)
     apply_series(dest, patches)
     return dest
