@@ -1,10 +1,16 @@
-"""NVRTC 12.9 -> PTX, then ptxas (triton 3.5.1's bundled 12.8) -> SASS, for csrc pieces of vLLM 0.33.0."""
-import ctypes, importlib.util, re, subprocess, sys, tempfile
+"""NVRTC 12.9 -> PTX, then ptxas 12.9 -> SASS, for csrc pieces of vLLM 0.33.0 (no nvcc needed).
+
+    PYTHONPATH=<dir with nvidia-cuda-nvcc-cu12==12.9.86> python nvrtc_csrc.py <vllm 0.33.0 tree> <patched tree>
+
+Needs nvidia-cuda-nvrtc-cu12==12.9.86 and nvidia-cuda-runtime-cu12 (the test extra)."""
+import ctypes, importlib.util, os, re, subprocess, sys, tempfile
 from pathlib import Path
 def pkg(m): return Path(next(iter(importlib.util.find_spec(m).submodule_search_locations)))
 NVRTC = sorted((pkg("nvidia.cuda_nvrtc")/"lib").glob("libnvrtc.so.12*"))[0]
 INC = pkg("nvidia.cuda_runtime")/"include"
-PTXAS = Path("/tmp/s/nvcc129/nvidia/cuda_nvcc/bin/ptxas")  # nvidia-cuda-nvcc-cu12==12.9.86
+# ptxas 12.9: $PTXAS, else the nvidia-cuda-nvcc-cu12==12.9.86 wheel (pip install --target DIR; put DIR on
+# PYTHONPATH). Triton 3.5.1's bundled ptxas 12.8 refuses NVRTC 12.9's ".version 8.8" PTX.
+PTXAS = Path(os.environ.get("PTXAS") or pkg("nvidia.cuda_nvcc") / "bin/ptxas")
 lib = ctypes.CDLL(str(NVRTC))
 def nvrtc(src, arch, incs=()):
     prog = ctypes.c_void_p()
