@@ -91,12 +91,14 @@ def _default_patches(name: str) -> list[Path]:
     return sorted(find_workspace().patch_dir(name).glob("*.patch"))
 
 
-def upstream_files(name: str, patch_files: Sequence[Path] | None = None) -> dict[str, bytes]:
+def upstream_files(
+    name: str, patch_files: Sequence[Path] | None = None, *, version: str | None = None
+) -> dict[str, bytes]:
     """repo path -> bytes for the files of `name` that the series touches (pytorch, triton)."""
     if name not in PATH_MAP:
         raise UsageError(f"no wheel path map for {name!r}", hint=f"one of: {', '.join(PATH_MAP)}")
     patches = list(patch_files) if patch_files is not None else _default_patches(name)
-    project, version = PYPI_PROJECT[name], pinned(name)
+    project, version = PYPI_PROJECT[name], version or pinned(name)
     files: dict[str, bytes] = {}
     unshipped = []
     for repo_path in touched_paths(patches):
@@ -114,7 +116,9 @@ def upstream_files(name: str, patch_files: Sequence[Path] | None = None) -> dict
     return files
 
 
-def upstream_repo(name: str, dest: Path, *, patch_files: Sequence[Path] | None = None) -> Path:
+def upstream_repo(
+    name: str, dest: Path, *, patch_files: Sequence[Path] | None = None, version: str | None = None
+) -> Path:
     """A git repository at `dest` holding upstream `name` at the pinned version as one commit
     (fixed identity and dates: same files, same SHA), ready for `git am --3way`.
 
@@ -125,7 +129,7 @@ def upstream_repo(name: str, dest: Path, *, patch_files: Sequence[Path] | None =
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise UsageError(f"{dest} is not empty", hint="give upstream_repo a new or empty folder")
-    version = pinned(name)
+    version = version or pinned(name)  # default: the chosen stack's release (stack.yaml)
     if name == "vllm":
         # Committing 3,700 files takes seconds; clone a commit made once in the cache instead.
         base = _vllm_base_repo(version)
@@ -134,7 +138,7 @@ def upstream_repo(name: str, dest: Path, *, patch_files: Sequence[Path] | None =
         _git(dest, "remote", "remove", "origin")  # self-contained: nothing points into the cache
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    for repo_path, data in upstream_files(name, patch_files).items():
+    for repo_path, data in upstream_files(name, patch_files, version=version).items():
         target = dest / repo_path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
@@ -200,9 +204,11 @@ def apply_series(repo: Path, patch_files: Sequence[Path]) -> dict[str, str]:
     return verdicts
 
 
-def patched_repo(name: str, dest: Path, patch_files: Sequence[Path] | None = None) -> Path:
+def patched_repo(
+    name: str, dest: Path, patch_files: Sequence[Path] | None = None, *, version: str | None = None
+) -> Path:
     """`upstream_repo` plus the series (default patches/<name>/*.patch) applied with `git am`."""
     patches = list(patch_files) if patch_files is not None else _default_patches(name)
-    upstream_repo(name, dest, patch_files=patches)
+    upstream_repo(name, dest, patch_files=patches, version=version)
     apply_series(dest, patches)
     return dest

@@ -1,0 +1,235 @@
+"""The stacks/vllm-0.33 series (vLLM 0.33.0, torch 2.14.0, triton 3.8.0), proven on the real PyPI
+files like tests/test_upstream_patches.py proves the pinned stack (marker `upstream`: downloads
+the 47 MB vLLM 0.33.0 sdist and a few wheel members into the stackforge cache once).
+
+Every series applies with `git am --3way` to the release rebuilt by stackforge.verify.upstream; the
+0.14-stack series does not (the verdicts NOTES.md records); then the effect of each patch is
+checked on the patched files: CMake's arch selection by cmake, the Python gates called after
+taking them out of the patched modules with ast.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import upstreamhelpers
+from conftest import online
+from upstreamhelpers import (
+    FALLBACK,
+    TORCH,
+    method,
+    resolve_dtype,
+    run_arch_logic,
+    scheduler_bound,
+)
+
+from stackforge.verify.upstream import pypi
+from stackforge.verify.upstream import repos as upstream_repos
+
+pytestmark = pytest.mark.upstream
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK = ROOT / "stacks/vllm-0.33"
+VERSIONS = {"vllm": "0.33.0", "pytorch": "2.14.0", "triton": "3.8.0"}
+
+
+class CudaGpu(upstreamhelpers.CudaGpu):
+    """0.33.0's `auto` path also asks is_cpu() (a POWER CPU special case)."""
+
+    def is_cpu(self) -> bool:
+        return False
+
+
+def series(name: str) -> list[Path]:
+    return sorted((STACK / "patches" / name).glob("*.patch"))
+
+
+def old_series(name: str) -> list[Path]:
+    return sorted((ROOT / "patches" / name).glob("*.patch"))
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], Path]:
+    built: dict[tuple[str, bool], Path] = {}
+
+    def get(name: str, patched: bool) -> Path:
+        if (name, patched) not in built:
+            dest = tmp_path_factory.mktemp(f"{name}-033-{'patched' if patched else 'upstream'}")
+            patches = series(name)
+            online(
+                lambda: upstream_repos.upstream_repo(name, dest, patch_files=patches, version=VERSIONS[name])
+            )
+            if patched:
+                upstream_repos.apply_series(dest, patches)
+            built[name, patched] = dest
+        return built[name, patched]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["pytorch", "vllm", "triton"])
+def test_series_applies_cleanly(name: str, repos: Callable[[str, bool], Path]) -> None:
+    patches = series(name)
+    assert patches, f"stacks/vllm-0.33/patches/{name} is empty"
+    repo = repos(name, False)
+    scratch = repo.parent / f"{repo.name}-am"
+    subprocess.run(["git", "clone", "-q", str(repo), str(scratch)], check=True)
+    verdicts = upstream_repos.apply_series(scratch, patches)
+    assert verdicts == {p.name: "clean" for p in patches}
+    for patch in patches:
+        text = patch.read_text()
+        assert text.startswith("From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n")
+        message = text.split("\n---\n", 1)[0]
+        for part in ("What fails without it", "Why this is right", "How it was checked"):
+            assert part in message or part.lower() in message.lower(), f"{patch.name}: lacks {part!r}"
+
+
+@pytest.mark.parametrize("name", ["pytorch", "vllm", "triton"])
+def test_the_014_series_does_not_apply(name: str, repos: Callable[[str, bool], Path]) -> None:
+    """Applied alone and in order, every 0.14-stack patch fails on the new release, except vLLM's
+    0005, which git merges three-way (and which 0.33.0 no longer needs: see NOTES.md)."""
+    repo = repos(name, False)
+    failing = []
+    for patch in old_series(name):
+        scratch = repo.parent / f"{repo.name}-old-{patch.name[:4]}"
+        if not scratch.exists():
+            subprocess.run(["git", "clone", "-q", str(repo), str(scratch)], check=True)
+        done = subprocess.run(["git", "apply", "--check", str(patch)], cwd=scratch, capture_output=True)
+        if done.returncode != 0:
+            failing.append(patch.name[:4])
+    expected = {"vllm": ["0001", "0002", "0003", "0004", "0005", "0020", "0021"],
+                "pytorch": ["0001"], "triton": ["0001", "0002", "0003"]}[name]  # fmt: skip
+    assert failing == expected
+
+
+# --- vLLM ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cuda", ["12.9", "12.6"])
+@pytest.mark.parametrize("requested", ["6.0;6.1", "7.0"])
+def test_cmake_builds_pascal_and_volta_and_no_newer_kernel_family(
+    cuda: str, requested: str, repos: Callable[[str, bool], Path], tmp_path: Path
+) -> None:
+    rc, results, output = run_arch_logic(repos("vllm", True), cuda, requested, tmp_path)
+    assert rc == 0, output
+    assert results.pop("CUDA_ARCHS") == requested
+    assert len(results) >= 40, output
+    assert {k: v for k, v in results.items() if v} == {}
+
+
+@pytest.mark.parametrize("requested", ["6.0;6.1", "7.0"])
+def test_unpatched_cmake_stops_for_old_gpus_under_cuda_12_9(
+    requested: str, repos: Callable[[str, bool], Path], tmp_path: Path
+) -> None:
+    rc, _, output = run_arch_logic(repos("vllm", False), "12.9", requested, tmp_path)
+    assert rc != 0 and "No supported CUDA architectures" in " ".join(output.split())
+
+
+@pytest.mark.parametrize("requested", ["6.0;6.1", "7.0"])
+def test_cuda_13_still_stops(requested: str, repos: Callable[[str, bool], Path], tmp_path: Path) -> None:
+    rc, _, output = run_arch_logic(repos("vllm", True), "13.0", requested, tmp_path)
+    assert rc != 0 and "No supported CUDA architectures" in " ".join(output.split())
+
+
+@pytest.mark.parametrize("capability", [(6, 0), (6, 1), (7, 0)])
+@pytest.mark.parametrize("requested", ["auto", "bfloat16"])
+def test_bf16_runs_in_fp16_below_8_0_with_one_warning(
+    capability: tuple[int, int], requested: str, repos: Callable[[str, bool], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    dtype, messages = resolve_dtype(
+        monkeypatch, repos("vllm", True), CudaGpu(capability, "Tesla P40"), requested, TORCH.bfloat16
+    )
+    assert dtype is TORCH.float16
+    version = "{}.{}".format(*capability)
+    assert messages == [("WARNING", FALLBACK.format(version, "torch.float16") + " for compatibility.")]
+
+
+def test_bf16_kept_from_8_0_fp32_for_gemma3_and_unpatched_keeps_bf16(
+    repos: Callable[[str, bool], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = repos("vllm", True)
+    for requested in ("auto", "bfloat16"):
+        assert resolve_dtype(monkeypatch, tree, CudaGpu((8, 0), "A100"), requested, TORCH.bfloat16) == (
+            TORCH.bfloat16,
+            [],
+        )
+    dtype, _ = resolve_dtype(
+        monkeypatch, tree, CudaGpu((6, 1), "Tesla P40"), "bfloat16", TORCH.bfloat16, "gemma3"
+    )
+    assert dtype is TORCH.float32
+    unpatched = resolve_dtype(
+        monkeypatch, repos("vllm", False), CudaGpu((6, 1), "Tesla P40"), "bfloat16", TORCH.bfloat16
+    )
+    assert unpatched == (TORCH.bfloat16, [])
+
+
+def test_fp8_kv_cache_is_refused_upstream_and_the_old_0005_would_break_selection(
+    repos: Callable[[str, bool], Path],
+) -> None:
+    """Why 0005 is not carried: 0.33.0 refuses an fp8 KV cache below 8.9 in TritonAttentionImpl
+    itself, and its backend selection passes supports_combination a use_mm_prefix argument the
+    0.14 patch's override lacks (git merges that patch three-way without complaint)."""
+    tree = repos("vllm", True)
+    triton_attn = (tree / "vllm/v1/attention/backends/triton_attn.py").read_text()
+    assert "native FP8 (fp8e4nv) " in triton_attn and "requires SM89+" in triton_attn
+    backend = (tree / "vllm/v1/attention/backend.py").read_text()
+    call = backend[backend.index("combination_reason = cls.supports_combination(") :].split(")", 1)[0]
+    assert [a.strip() for a in call.split("(", 1)[1].split(",") if a.strip()] == [
+        "head_size", "dtype", "kv_cache_dtype", "block_size", "use_mla", "has_sink", "use_sparse",
+        "use_mm_prefix", "device_capability",
+    ]  # fmt: skip
+    old = (ROOT / "patches/vllm").glob("0005-*.patch")
+    assert "use_mm_prefix" not in next(old).read_text()
+
+
+def test_kernel_launchers_fit_the_shared_memory(repos: Callable[[str, bool], Path]) -> None:
+    tree = repos("vllm", True)
+    ns: dict[str, Any] = {}
+    src = (tree / "vllm/v1/attention/ops/prefix_prefill.py").read_text()
+    start = src.index("def fma_dot_smem_bytes")
+    exec(src[start : src.index("def max_shared_mem")], ns)
+    assert ns["fwd_kernel_block_sizes"](64, 49152, True) == (64, 64, 32)
+    assert ns["fwd_kernel_block_sizes"](128, 49152, True) == (32, 32, 32)
+    assert ns["fwd_kernel_block_sizes"](256, 49152, True) == (16, 16, 16)
+    assert ns["fwd_kernel_block_sizes"](64, 98304, True) == (128, 64, 32)
+    assert ns["fwd_kernel_block_sizes"](128, 0, False) == (128, 64, 32)
+    enc = (tree / "vllm/v1/attention/ops/triton_prefill_attention.py").read_text()
+    start = enc.index("def fma_block_size")
+    exec(enc[start : enc.index("def get_block_size")], ns)
+    assert [ns["fma_block_size"](64, d, 49152) for d in (64, 128, 256)] == [64, 32, 16]
+    assert [ns["fma_block_size"](64, d, 98304) for d in (64, 128, 256)] == [64, 64, 32]
+
+
+# --- PyTorch 2.14.0 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_inductor_triton_gates(patched: bool, repos: Callable[[str, bool], Path]) -> None:
+    tree = repos("pytorch", patched)
+    lowest = 6 if patched else 7
+    current = 0
+
+    def props(device: Any = None) -> Any:
+        return types.SimpleNamespace(major=current, minor=0)
+
+    worker = types.SimpleNamespace(get_device_properties=props)
+    torch = types.SimpleNamespace(version=types.SimpleNamespace(hip=None))
+    namespace = {"torch": torch, "CudaInterface": types.SimpleNamespace(Worker=worker)}
+    capable = method(
+        tree / "torch/_dynamo/device_interface.py", "CudaInterface", "is_triton_capable", namespace
+    )
+    for current in (5, 6, 7, 8):
+        assert capable(None) is (current >= lowest)
+    # has_triton() asks is_triton_capable() and has no bound of its own in 2.14.0 (the series
+    # leaves the file alone, so it is read from the wheel).
+    has_triton = online(lambda: pypi.wheel_member("torch", "2.14.0", "torch/utils/_triton.py")).decode()
+    assert "device_interface.is_triton_capable()" in has_triton and "major >= 7" not in has_triton
+    assert scheduler_bound(tree) == lowest
+    message = (tree / "torch/_inductor/exc.py").read_text()
+    assert f"Triton only supports devices of CUDA Capability >= {lowest}.0" in message
