@@ -31,7 +31,7 @@ SMI = {
         9,
     ),
 }
-QUERY = "--query-gpu=name,compute_cap,driver_version"
+QUERY = "--query-gpu=name,compute_cap,driver_version,memory.total"
 
 
 def fake_smi(folder: Path, card: str) -> Path:

@@ -1,7 +1,7 @@
 """`stackforge doctor`: which GPUs are here, which environment fits them, and what will stop the stack
 from running (driver branch, CUDA driver minimum, torch/triton/vllm builds) — one line of advice each.
 
-GPUs come from `nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader`
+GPUs come from `nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader`
 ($STACKFORGE_NVIDIA_SMI names another executable: tests replay recorded answers through it). The
 packages are probed in a child Python (`--python`, default this one), so a broken torch cannot take
 the doctor down with it.
@@ -23,7 +23,15 @@ from rich.table import Table
 from stackforge.core.console import StackforgeError, escape, out
 from stackforge.core.workspace import Workspace
 from stackforge.cuda.fatbin import Embedded, Sass
-from stackforge.run.gpus import QUERY, Gpu, _smi, find_nvidia_smi, parse_smi_csv, version_tuple
+from stackforge.run.gpus import (
+    FALLBACK_QUERY,
+    QUERY,
+    Gpu,
+    _smi,
+    find_nvidia_smi,
+    parse_smi_csv,
+    version_tuple,
+)
 from stackforge.spec.envs import env_for_capability, load_env
 from stackforge.spec.stack import describe, load_stack
 
@@ -119,7 +127,7 @@ def query_gpus(report: Report) -> None:
         proc = _smi(smi, QUERY)
         answer = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0 and "compute_cap" in answer:  # drivers before R510 lack the field
-            proc = _smi(smi, "--query-gpu=name,driver_version")
+            proc = _smi(smi, FALLBACK_QUERY)
             answer = (proc.stdout + proc.stderr).strip()
             report.gpus = parse_smi_csv(proc.stdout, with_cap=False) if proc.returncode == 0 else []
         else:

@@ -9,7 +9,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-QUERY = "--query-gpu=name,compute_cap,driver_version"
+QUERY = "--query-gpu=name,compute_cap,driver_version,memory.total"
+# Drivers before R510 have no compute_cap field: ask for the rest, guess the capability by name.
+FALLBACK_QUERY = "--query-gpu=name,driver_version,memory.total"
 
 
 # Compute capability by card name, for drivers too old to answer the compute_cap field.
@@ -27,6 +29,7 @@ class Gpu:
     arch: int | None  # 61 for compute capability 6.1
     driver: str = ""
     env: str | None = None
+    memory_mib: int | None = None  # memory.total; None where nvidia-smi says [N/A] or was not asked
 
     @property
     def capability(self) -> str:
@@ -56,16 +59,24 @@ def capability_from_name(name: str) -> int | None:
     return next((cap for pattern, cap in NAME_TO_CAP if pattern.search(name)), None)
 
 
+def parse_memory(text: str) -> int | None:
+    match = re.fullmatch(r"\s*(\d+)\s*MiB\s*", text)
+    return int(match.group(1)) if match else None
+
+
 def parse_smi_csv(text: str, with_cap: bool = True) -> list[Gpu]:
-    """Rows of `name, compute_cap, driver_version` (or `name, driver_version` for old drivers)."""
+    """Rows of `name, compute_cap, driver_version[, memory.total]` (without compute_cap for old
+    drivers); rows without memory.total are older recordings and still parse."""
     gpus = []
+    base = 3 if with_cap else 2
     for line in text.splitlines():
         fields = [f.strip() for f in line.split(",")]
-        if not line.strip() or len(fields) != (3 if with_cap else 2):
+        if not line.strip() or len(fields) not in (base, base + 1):
             continue
-        name, driver = fields[0], fields[-1]
+        name, driver = fields[0], fields[base - 1]
         arch = parse_capability(fields[1]) if with_cap else capability_from_name(name)
-        gpus.append(Gpu(index=len(gpus), name=name, arch=arch, driver=driver))
+        memory = parse_memory(fields[base]) if len(fields) > base else None
+        gpus.append(Gpu(index=len(gpus), name=name, arch=arch, driver=driver, memory_mib=memory))
     return gpus
 
 
