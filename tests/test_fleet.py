@@ -145,10 +145,16 @@ def test_options_and_refusals():
             fleet.parse_gpu_list(bad)
     with pytest.raises(UsageError, match="no GPU 5"):
         fleet.select([Gpu(0, "Tesla P40", 61, "580")], [5])
-    for args in (["--tensor-parallel-size", "2"], ["-tp=2"], ["--data_parallel_size", "2"], ["--port=1"]):
+    for args in (["--tensor-parallel-size", "2"], ["-tp=2"], ["--data_parallel_size", "2"]):
         with pytest.raises(UsageError, match="set by the layout"):
             fleet.refuse_layout_flags(args)
     fleet.refuse_layout_flags(["--model", "m", "--max-num-seqs", "40"])
+    assert fleet.take_address(["m", "--host", "0.0.0.0", "--port=9000", "--seed", "1"]) == (
+        ["m", "--seed", "1"],
+        "0.0.0.0",
+        9000,
+    )
+    assert fleet.take_address([]) == ([], "127.0.0.1", 8000)
     with pytest.raises(UsageError, match="--layout"):
         fleet.plan([Gpu(0, "Tesla P40", 61, "580", "pascal")], "ring")
 

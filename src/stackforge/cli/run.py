@@ -26,6 +26,7 @@ from stackforge.core.console import (
 
 if TYPE_CHECKING:
     from stackforge.core.workspace import Workspace
+    from stackforge.run.supervise import ServePlan
     from stackforge.spec.envs import GpuEnv
 
 
@@ -160,30 +161,34 @@ def run_args(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
-    from stackforge.run.preflight import launcher, preflight, report
-    from stackforge.run.vllm_args import (
-        DEFAULT_MODEL,
-        redact_args,
-        refuse_unsupported,
-        runtime_environment,
-        serve_argv,
-        take_hf_token,
-        user_model,
-    )
+    from stackforge.run.vllm_args import refuse_unsupported, take_hf_token
 
     ws = find_workspace(args.root)
     user_args, token = take_hf_token(args.vllm_args)
     refuse_unsupported(user_args)
     env_name = args.env or os.environ.get("STACKFORGE_ENV")
-    model = user_model(user_args) or DEFAULT_MODEL
-    plan = preflight(ws, env_name, model)
-    report(plan)
-    child_env = {**os.environ, **runtime_environment(plan.env)}
-    if token is not None:
-        child_env["HF_TOKEN"] = token
-    argv = [*launcher(ws, plan.env, child_env), *serve_argv(plan.env, user_args, child_env)]
-    if args.dry_run:
-        print(shlex.join(redact_args(argv, child_env)))
+    environ = {**os.environ, **({"HF_TOKEN": token} if token is not None else {})}
+    from stackforge.run.supervise import prepare
+
+    plan = prepare(ws, env_name, args.gpus, args.layout, user_args, environ)
+    for env, packages in plan.packages.items():
+        info(f"{env} packages: " + ", ".join(f"{p.name} {p.version} {p.build}" for p in packages))
+    info(f"model: {plan.model}")
+    info(f"layout {plan.layout.layout}: {plan.layout.reason}")
+    for why in plan.layout.skipped:
+        info(f"left out: {why}")
+    if plan.router is None:
+        return _serve_one(plan, args.dry_run)
+    return _serve_several(plan, args.dry_run)
+
+
+def _serve_one(plan: ServePlan, dry_run: bool) -> int:
+    from stackforge.run.supervise import shown
+    from stackforge.run.vllm_args import redact_args
+
+    _, argv, child_env = plan.commands[0]
+    if dry_run:
+        print(shown(argv, child_env))
         return EXIT_OK
     echo_command(redact_args(argv, child_env))
     info(f"OpenAI-compatible API on http://{_serve_address(argv)}/v1 once the model has loaded")
@@ -196,6 +201,41 @@ def run_serve(args: argparse.Namespace) -> int:
             f"could not start {argv[0]}: {exc}", hint="check STACKFORGE_RUNTIME_EXEC / pixi"
         ) from exc
     return EXIT_OK  # not reached
+
+
+def _serve_several(plan: ServePlan, dry_run: bool) -> int:
+    from stackforge.run import supervise
+    from stackforge.run.router import render_config
+
+    router = plan.router
+    lines = []
+    for server, argv, child_env in plan.commands:
+        where = f"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={server.visible_devices}"
+        lines.append(f"{where} {supervise.shown(argv, child_env)}")
+    if dry_run:
+        print("\n".join(lines))
+        print(
+            f"# router: {plan.nginx or 'nginx (not found: install it, or set STACKFORGE_NGINX)'} "
+            f"-p {router.prefix} -c {router.conf}"
+        )
+        print(render_config(router.backends, router.host, router.port, router.prefix), end="")
+        return EXIT_OK
+    if plan.nginx is None:
+        raise Failure(
+            "nginx not found: several servers need the router",
+            hint="it comes with the runtime environment (runtime/pixi.toml); elsewhere apt-get install "
+            "nginx-light, or set STACKFORGE_NGINX to an nginx executable",
+        )
+    info(f"router: {router.version()} on http://{router.host}:{router.port}/v1 (X-Session-ID affinity)")
+    running = []
+    for (server, argv, _), line in zip(plan.commands, lines, strict=True):
+        log = router.prefix.parent / "serve" / f"{server.port}.log"
+        info(f"starting: {line} (log {log})")
+        running.append(supervise.Running(server, argv, log))
+    sup = supervise.Supervisor(running, router)
+    code = supervise.run(sup, [c[2] for c in plan.commands])
+    info("stopped: router and every vLLM server")
+    return EXIT_OK if code == 0 else EXIT_FAILED
 
 
 def _serve_address(argv: Sequence[str]) -> str:
@@ -232,12 +272,26 @@ def _register_runtime(groups) -> None:
         "serve",
         help="vllm serve with the Pascal/Volta defaults in the runtime environment (OpenAI API, port 8000)",
         description="`vllm serve` in the runtime environment (runtime/pixi.toml) after the preflight "
-        "checks. Any option not listed here is passed to vLLM and replaces our default for it; "
+        "checks; on several GPUs, several servers behind nginx (--host/--port are then the router's). "
+        "Any option not listed here is passed to vLLM and replaces our default for it; "
         "--hf-token VALUE is passed as HF_TOKEN so that it is never printed.",
         allow_abbrev=False,
     )
-    add_env(p, fallback="what `stackforge doctor` recommends for this GPU")
-    add_dry_run(p, "print the command instead of running it")
+    add_env(p, fallback="what `stackforge doctor` recommends for each GPU")
+    p.add_argument(
+        "--gpus",
+        default="all",
+        metavar="LIST",
+        help="nvidia-smi indices of the GPUs to serve on, e.g. 0,1 (default: all that doctor finds)",
+    )
+    p.add_argument(
+        "--layout",
+        default="auto",
+        choices=("auto", "per-gpu", "tp", "dp"),
+        help="several GPUs: one server per GPU behind nginx (per-gpu), tensor parallel (tp), vLLM's data "
+        "parallel (dp); auto: per-gpu unless the model needs more than one card (docs/several-gpus.md)",
+    )
+    add_dry_run(p, "print every server command (and the router configuration) instead of running them")
     p.set_defaults(func=run_serve, vllm_args=VLLM_ARGS)
 
 

@@ -25,7 +25,7 @@ LAYOUTS = ("auto", "per-gpu", "tp", "dp")
 WEIGHTS_SHARE = 0.60
 
 # vLLM flags whose value the layout decides; a user who passes them would fight the plan.
-LAYOUT_FLAGS = ("--tensor-parallel-size", "-tp", "--data-parallel-size", "-dp", "--host", "--port")
+LAYOUT_FLAGS = ("--tensor-parallel-size", "-tp", "--data-parallel-size", "-dp")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
@@ -49,7 +49,10 @@ class Server:
         return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": self.visible_devices}
 
     def vllm_args(self) -> list[str]:
-        args = ["--host", self.host, "--port", str(self.port)]
+        return ["--host", self.host, "--port", str(self.port), *self.parallel_args()]
+
+    def parallel_args(self) -> list[str]:
+        args = []
         if self.tensor_parallel > 1:
             args += ["--tensor-parallel-size", str(self.tensor_parallel)]
         if self.data_parallel > 1:
@@ -106,8 +109,27 @@ def refuse_layout_flags(user_args: Sequence[str]) -> None:
         if name in LAYOUT_FLAGS or name.replace("_", "-") in LAYOUT_FLAGS:
             raise UsageError(
                 f"{name} is set by the layout",
-                hint="use stackforge's --layout tp|dp|per-gpu, --gpus, --host and --port instead",
+                hint="use stackforge's --layout tp|dp|per-gpu and --gpus instead",
             )
+
+
+def take_address(user_args: Sequence[str]) -> tuple[list[str], str, int]:
+    """--host/--port out of the vLLM arguments: with several servers they are the router's."""
+    rest: list[str] = []
+    found = {"--host": "127.0.0.1", "--port": "8000"}
+    i = 0
+    while i < len(user_args):
+        name, eq, value = user_args[i].partition("=")
+        if name in found:
+            if not eq and i + 1 < len(user_args):
+                value, i = user_args[i + 1], i + 1
+            found[name] = value
+        else:
+            rest.append(user_args[i])
+        i += 1
+    if not found["--port"].isdigit():
+        raise UsageError(f"--port {found['--port']!r}: expected a port number")
+    return rest, found["--host"], int(found["--port"])
 
 
 def groups_by_env(gpus: Sequence[Gpu]) -> tuple[dict[str, list[Gpu]], list[str]]:
