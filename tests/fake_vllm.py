@@ -54,6 +54,8 @@ class Handler(BaseHTTPRequestHandler):
                 "model": request.get("model"),
                 "backend": self.server.name,  # type: ignore[attr-defined]
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "stackforge_env": os.environ.get("STACKFORGE_ENV"),
+                "pid": os.getpid(),
                 "argv": sys.argv[1:],
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
             },
