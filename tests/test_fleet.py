@@ -65,7 +65,7 @@ def test_four_p100_layouts(monkeypatch):
     auto = fleet.plan(gpus)  # size unknown: per GPU
     assert [s.visible_devices for s in auto.servers] == ["0", "1", "2", "3"]
     assert [s.port for s in auto.servers] == [8001, 8002, 8003, 8004]
-    assert "weights of unknown size" in auto.reason
+    assert "weights of unknown size (taken to fit one card)" in auto.reason
     tp = fleet.plan(gpus, "tp")
     assert [(s.visible_devices, argv(s)["--tensor-parallel-size"]) for s in tp.servers] == [("0,1,2,3", "4")]
     dp = fleet.plan(gpus, "dp", host="0.0.0.0", port=9000)

@@ -186,7 +186,10 @@ def _serve_one(plan: ServePlan, dry_run: bool) -> int:
     from stackforge.run.supervise import shown
     from stackforge.run.vllm_args import redact_args
 
-    _, argv, child_env = plan.commands[0]
+    server, argv, child_env = plan.commands[0]
+    info(
+        f"on GPU {server.visible_devices}: CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={server.visible_devices}"
+    )
     if dry_run:
         print(shown(argv, child_env))
         return EXIT_OK

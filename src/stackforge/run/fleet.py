@@ -250,8 +250,9 @@ def plan(
         if layout == "tp":
             why = f"{size} need {max(tp.values())} cards' memory: tensor parallel (NCCL) over identical cards"
         else:
+            fits = f"{size} fit one card" if model_bytes else f"{size} (taken to fit one card)"
             why = (
-                f"{size} fit one card: one vLLM server per GPU (no all-reduce between cards over PCIe; "
+                f"{fits}: one vLLM server per GPU (no all-reduce between cards over PCIe; "
                 "each conversation keeps its KV cache on one server)"
             )
     else:
