@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -130,3 +131,51 @@ def test_without_nginx_several_servers_fail_clearly(tmp_path: Path):
     proc = box.stackforge("serve", extra_env=replay("p40x2"))
     assert proc.returncode == 1 and "nginx not found" in proc.stderr
     assert "apt-get install nginx-light" in proc.stderr
+
+
+@needs_nginx
+def test_supervisor_marks_sick_and_dead_servers_down(tmp_path: Path):
+    """The /health poll: a server answering 503 and a server that died are marked down in nginx;
+    requests go on to the healthy one; the stop leaves nothing."""
+    from stackforge.run import supervise
+    from stackforge.run.fleet import Server
+
+    port = free_port()
+    ports = [free_port() for _ in range(3)]
+    running = [
+        supervise.Running(
+            Server("pascal", (i,), p), [sys.executable, str(FAKE), "--port", str(p)], tmp_path / f"{p}.log"
+        )
+        for i, p in enumerate(ports)
+    ]
+    nginx = router.Router(
+        str(NGINX), tmp_path / "router", [("127.0.0.1", p) for p in ports], "127.0.0.1", port
+    )
+    sup = supervise.Supervisor(running, nginx)
+    steps = iter(["up", "harm", "check"])
+    seen: dict[str, object] = {}
+
+    def until(s: supervise.Supervisor) -> bool:
+        if any(r.state != "up" for r in s.servers) and not seen:
+            return False  # still starting
+        step = next(steps)
+        if step == "harm":
+            conn = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=5)
+            conn.request("POST", "/stand-in/sick", body="{}")
+            conn.getresponse().read()
+            conn.close()
+            running[1].proc.kill()  # type: ignore[union-attr]
+            running[1].proc.wait()  # type: ignore[union-attr]
+        elif step == "check":
+            seen["down"] = set(nginx.down)
+            seen["answers"] = {chat(port, f"s{i}")[1] for i in range(12)}
+            seen["pids"] = [*nginx.pids(), *(r.proc.pid for r in running if r.proc)]
+            return True
+        seen[step] = True
+        return False
+
+    assert supervise.run(sup, [dict(os.environ)] * 3, interval=0.2, until=until) == 0
+    assert seen["down"] == {ports[0], ports[1]}
+    assert seen["answers"] == {f"127.0.0.1:{ports[2]}"}
+    assert [r.state for r in running] == ["sick", "dead", "up"]
+    assert not [p for p in seen["pids"] if Path(f"/proc/{p}").exists()]
