@@ -5,10 +5,11 @@
 # `--locked`, the lock file and the output/ channel, and output/ holds tiny indexed packages.
 # Then the entrypoint runs inside the image with --dry-run on replayed nvidia-smi answers.
 # Needs root, buildah and debootstrap (Debian: apt-get install -y buildah debootstrap).
-#   container/standin-build.sh CONTEXT ROOTFS STANDIN_PIXI
-# CONTEXT: a copy of the repository with output/ and runtime/pixi.lock filled in.
+#   container/standin-build.sh CONTEXT ROOTFS STANDIN_PIXI [SITE]
+# CONTEXT: a copy of the repository with output/ and runtime/pixi.lock filled in. SITE: a folder
+# of Python 3.11 packages Debian lacks (py-rattler, which preflight reads output/ with).
 set -eu
-ctx=$1 rootfs=$2 pixi=$3
+ctx=$1 rootfs=$2 pixi=$3 site=${4:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 b() { buildah --storage-driver vfs "$@"; }
 [ -x "$rootfs/usr/bin/python3" ] || debootstrap --variant=minbase \
@@ -16,6 +17,7 @@ b() { buildah --storage-driver vfs "$@"; }
 c=$(b from scratch); m=$(b mount "$c"); cp -a "$rootfs/." "$m/"; b umount "$c"
 b commit -q "$c" localhost/debian-standin:bookworm; b rm "$c"
 c=$(b from localhost/debian-standin:bookworm); b copy "$c" "$pixi" /usr/local/bin/pixi
+if [ -n "$site" ]; then b copy "$c" "$site" /opt/standin-site; fi
 b commit -q "$c" localhost/pixi-standin:bookworm; b rm "$c"
 (cd "$ctx" && b bud --isolation chroot -f container/Dockerfile --build-arg ENV=pascal \
   --build-arg PIXI_IMAGE=localhost/pixi-standin:bookworm \
