@@ -107,6 +107,16 @@ def _scale() -> Tensor:
     return Tensor("float32", (1,), role="scale_one")
 
 
+def _tile(mod: ModuleType, a: Attn, arch: int, smem: int, block_m: int, *, prefill: bool) -> int:
+    """TILE_SIZE as unified_attention picks it: vLLM's rule, then (our series, below sm_80) the
+    tile sized from the device's shared memory."""
+    itemsize = DType(a.dtype).itemsize
+    tile = mod._get_tile_size(a.head_size, 0, itemsize, is_prefill=prefill)
+    if arch < 80 and hasattr(mod, "fma_tile_size"):
+        tile = mod.fma_tile_size(tile, block_m, a.padded, itemsize, smem)
+    return tile
+
+
 def unified_2d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
         b = a.batch(*a.pick(PREFILL))
@@ -116,7 +126,7 @@ def unified_2d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
         out = Tensor(a.dtype, q.shape, role="output")
         block_m = 16 if a.qpk <= 16 else 1 << (a.qpk - 1).bit_length()
         block_q = block_m // a.qpk
-        tile = mod._get_tile_size(a.head_size, 0, DType(a.dtype).itemsize, is_prefill=True)
+        tile = _tile(mod, a, arch, smem, block_m, prefill=True)
         grid = (b["num_tokens"] // block_q + b["num_seqs"], a.num_kv_heads)
         kw = dict(
             output_ptr=out, query_ptr=q, key_cache_ptr=k, value_cache_ptr=v, sink_ptr=None,
@@ -164,7 +174,7 @@ def unified_3d(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
         q = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="query")
         block_m = 16 if a.qpk <= 16 else 1 << (a.qpk - 1).bit_length()
         block_q = block_m // a.qpk
-        tile = mod._get_tile_size(a.head_size, 0, DType(a.dtype).itemsize, is_prefill=False)
+        tile = _tile(mod, a, arch, smem, block_m, prefill=False)
         grid = (b["num_tokens"] // block_q + b["num_seqs"], a.num_kv_heads, NUM_SEGMENTS)
         kw = dict(
             segm_output_ptr=s["segm_output"], segm_max_ptr=s["segm_max"], segm_expsum_ptr=s["segm_expsum"],
@@ -196,7 +206,7 @@ def reduce_segments(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
         t, s = _seq_tensors(b), _segments(a, b)
         out = Tensor(a.dtype, (b["num_tokens"], a.num_q_heads, a.head_size), role="output")
         block_m = 16 if a.qpk <= 16 else 1 << (a.qpk - 1).bit_length()
-        tile = mod._get_tile_size(a.head_size, 0, DType(a.dtype).itemsize, is_prefill=False)
+        tile = _tile(mod, a, arch, smem, block_m, prefill=False)
         kw = dict(
             output_ptr=out, segm_output_ptr=s["segm_output"], segm_max_ptr=s["segm_max"],
             segm_expsum_ptr=s["segm_expsum"], seq_lens_ptr=t["seq_lens"], num_seqs=b["num_seqs"],
