@@ -22,6 +22,7 @@ from upstreamhelpers import (
     TORCH,
     CudaGpu,
     device_capability,
+    load_defs,
     method,
     nested_function,
     resolve_dtype,
@@ -260,3 +261,16 @@ def test_inductor_triton_gates(patched: bool, repos: Callable[[str, bool], Path]
     assert scheduler_bound(tree) == lowest
     message = (tree / "torch/_inductor/exc.py").read_text()
     assert f"Triton only supports devices of CUDA Capability >= {lowest}.0" in message
+
+
+def test_unified_attention_tile_fits_pascal_in_fp32(repos: Callable[[str, bool], Path]) -> None:
+    """vllm 0022, read from the patched tree: Gemma 2/3 in fp32 (head 256, BLOCK_M 16) get tile 16
+    on a 48 KB Pascal GPU; fp16, and a V100's 96 KB, keep vLLM's 32; the unpatched tree has none."""
+    rel = "vllm/v1/attention/ops/triton_unified_attention.py"
+    fit = load_defs(repos("vllm", True) / rel, {"fma_tile_size"}, {})["fma_tile_size"]
+    assert (fit(32, 16, 256, 4, 49152), fit(32, 16, 256, 4, 98304), fit(32, 16, 256, 2, 49152)) == (
+        16,
+        32,
+        32,
+    )
+    assert "fma_tile_size" not in (repos("vllm", False) / rel).read_text()
