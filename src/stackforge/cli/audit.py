@@ -144,6 +144,7 @@ def _cmd_binaries(args: argparse.Namespace) -> int:
     import tempfile
 
     from stackforge.core.workspace import find_workspace
+    from stackforge.cuda.caps import sm
     from stackforge.cuda.fatbin import find_cuobjdump
     from stackforge.spec.envs import load_env
     from stackforge.verify.binaries import audit_files, collect, failure_message, render
@@ -170,7 +171,7 @@ def _cmd_binaries(args: argparse.Namespace) -> int:
         print_json(
             {
                 "env": env.name,
-                "archs": [f"sm_{a}" for a in env.archs],
+                "archs": [sm(a) for a in env.archs],
                 "cuobjdump": str(cuobjdump),
                 "libraries": [r.to_json() for r in reports],
                 "ok": ok,

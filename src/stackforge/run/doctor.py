@@ -22,6 +22,7 @@ from rich.table import Table
 
 from stackforge.core.console import StackforgeError, escape, out
 from stackforge.core.workspace import Workspace
+from stackforge.cuda.caps import sm
 from stackforge.cuda.fatbin import Embedded, Sass
 from stackforge.run.gpus import (
     FALLBACK_QUERY,
@@ -320,7 +321,7 @@ def check_packages(report: Report, ws: Workspace | None) -> None:
         if gpu.arch is not None and arch_list and not arch_list_covers(arch_list, gpu.arch):
             report.add(
                 "error",
-                f"torch {pkgs['torch']} has no kernels for GPU {gpu.index} ({gpu.name}, sm_{gpu.arch}); it has {' '.join(arch_list)}",
+                f"torch {pkgs['torch']} has no kernels for GPU {gpu.index} ({gpu.name}, {sm(gpu.arch)}); it has {' '.join(arch_list)}",
                 f"install the stackforge {gpu.env or 'matching'} build of torch (TORCH_CUDA_ARCH_LIST includes {gpu.capability})",
             )
     if pkgs.get("cuda_available") and pkgs.get("has_triton") is False and report.gpus:

@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from stackforge.cuda.caps import dotted
+
 QUERY = "--query-gpu=name,compute_cap,driver_version,memory.total"
 # Drivers before R510 have no compute_cap field: ask for the rest, guess the capability by name.
 FALLBACK_QUERY = "--query-gpu=name,driver_version,memory.total"
@@ -33,7 +35,7 @@ class Gpu:
 
     @property
     def capability(self) -> str:
-        return f"{self.arch // 10}.{self.arch % 10}" if self.arch is not None else "unknown"
+        return dotted(self.arch) if self.arch is not None else "unknown"
 
     def __str__(self) -> str:
         return f"GPU {self.index} ({self.name}, compute capability {self.capability})"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from stackforge.core.console import Failure, info, warn
 from stackforge.core.workspace import Workspace
+from stackforge.cuda.caps import dotted
 from stackforge.run.doctor import Report, check_driver, pick_envs, query_gpus
 from stackforge.run.gpus import Gpu, find_nvidia_smi
 from stackforge.run.vllm_args import redact
@@ -102,8 +103,7 @@ def choose_env(
     if env:
         return env
     known = ", ".join(
-        f"{e.name} ({', '.join(f'{a // 10}.{a % 10}' for a in e.archs)})"
-        for e in map(lambda n: load_env(ws, n), list_envs(ws))
+        f"{e.name} ({', '.join(map(dotted, e.archs))})" for e in map(lambda n: load_env(ws, n), list_envs(ws))
     )
     raise Failure(
         f"no stackforge environment covers {gpus[0]}",
@@ -132,7 +132,7 @@ def check_coverage(ws: Workspace, env: GpuEnv, gpus: Sequence[Gpu]) -> None:
             if other
             else "stackforge targets Pascal (6.0/6.1) and Volta (7.0); use upstream vLLM wheels for this GPU"
         )
-    archs = ", ".join(f"{a // 10}.{a % 10}" for a in env.archs)
+    archs = ", ".join(map(dotted, env.archs))
     raise Failure(
         f"{'; '.join(str(g) for g in outside)}: not covered by environment {env.name!r} (it builds for {archs})",
         hint=hint,

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from stackforge.core.console import Failure, UsageError
 from stackforge.core.workspace import Workspace
+from stackforge.cuda.caps import sm
 from stackforge.cuda.fatbin import Coverage, Embedded, list_embedded, may_hold_device_code
 from stackforge.spec.envs import GpuEnv, build_string_archs
 
@@ -46,7 +47,7 @@ class LibraryReport:
             "library": self.label,
             "sass": [str(s) for s in self.embedded.sass],
             "ptx": [f"compute_{p}" for p in self.embedded.ptx],
-            "coverage": {f"sm_{c.arch}": {"status": c.status, "by": c.by} for c in self.coverage},
+            "coverage": {sm(c.arch): {"status": c.status, "by": c.by} for c in self.coverage},
             "ok": self.ok,
         }
 
@@ -146,7 +147,7 @@ def render(env: GpuEnv, reports: list[LibraryReport]) -> Table:
     table.add_column("SASS")
     table.add_column("PTX")
     for arch in env.archs:
-        table.add_column(f"sm_{arch}")
+        table.add_column(sm(arch))
     for rep in reports:
         cells = []
         for cov in rep.coverage:
@@ -166,7 +167,7 @@ def failure_message(env: GpuEnv, reports: list[LibraryReport]) -> str:
     bad = [r for r in reports if not r.ok]
     lines = [f"{len(bad)} of {len(reports)} libraries cannot run on every GPU of environment {env.name!r}:"]
     for rep in bad:
-        missing = ", ".join(f"sm_{c.arch}" for c in rep.coverage if not c.ok)
+        missing = ", ".join(sm(c.arch) for c in rep.coverage if not c.ok)
         has = " ".join([str(s) for s in rep.embedded.sass] + [f"compute_{p}" for p in rep.embedded.ptx])
         lines.append(f"  {rep.label}: no SASS or JIT-able PTX for {missing} (it has: {has})")
     return "\n".join(lines)

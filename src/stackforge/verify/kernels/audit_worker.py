@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stackforge.core.files import atomic_write
-from stackforge.cuda.caps import CAPABILITIES
+from stackforge.cuda.caps import CAPABILITIES, sm
 from stackforge.verify.kernels.cases import Case, all_cases
 from stackforge.verify.kernels.report import Result
 from stackforge.verify.kernels.sass import cubin_stats
@@ -77,7 +77,7 @@ def _save(save: Path | None, case: Case, arch: int, compiled: tuple, ptx: str | 
         return
     record, ptxs = triton_record(case.kernel, case.kernel, case.shape, arch, [(case, *compiled)])
     record["arch"] = arch
-    write_record(save / f"sm_{arch}", _safe(case.id), record, [ptx] if ptx is not None else ptxs)
+    write_record(save / sm(arch), _safe(case.id), record, [ptx] if ptx is not None else ptxs)
 
 
 def _verdict_path(fn: Any, launch: Any, arch: int) -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from stackforge.core.console import out
+from stackforge.cuda.caps import sm
 
 STATUSES = ("ok", "ptxas-error", "shared-memory", "compile-error", "load-error", "timeout", "worker-died")
 # who reaches a kernel on Pascal/Volta (`Case.reach`), in the words of the report
@@ -106,7 +107,7 @@ def print_report(report: Report) -> None:
     table.add_column("shape")
     table.add_column("reached")
     for arch in report.archs:
-        table.add_column(f"sm_{arch}")
+        table.add_column(sm(arch))
     rows: dict[str, dict[int, Result]] = {}
     for r in report.results:
         rows.setdefault(r.case, {})[r.arch] = r
