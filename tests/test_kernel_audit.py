@@ -528,7 +528,7 @@ def test_a_lost_worker_costs_its_own_case(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--head-sizes", "abc"], "not a whole number"), (["--head-sizes", "0"], "too small"),
-     (["--jobs", "0"], "must be 1 or more"), (["--backends", "flash"], "unknown backend")],
+     (["--jobs", "0"], "must be at least 1"), (["--backends", "flash"], "unknown backend")],
 )  # fmt: skip
 def test_bad_options_are_usage_errors(tmp_path: Path, extra: list[str], message: str) -> None:
     argv = [sys.executable, "-m", "stackforge", "--root", str(workspace(tmp_path / "ws")), "audit", "kernels"]
