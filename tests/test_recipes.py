@@ -230,7 +230,7 @@ def test_recipe_patches_are_listed_and_apply(name: str, tmp_path: Path) -> None:
         tree = tmp_path / Path(rel).stem
         for path, content in _preimages(text).items():
             (tree / path).parent.mkdir(parents=True, exist_ok=True)
-            (tree / path).write_text("\n".join(content + ["# end"]) + "\n")
+            (tree / path).write_text("\n".join([*content, "# end"]) + "\n")
         subprocess.run(["git", "apply", "--check", "-p1", str(folder / rel)], cwd=tree, check=True)
 
 
