@@ -331,7 +331,7 @@ def test_configure_time_downloads_are_switched_off() -> None:
     assert ": > third_party/NNPACK/cmake/DownloadSix.cmake" in script["pytorch"]  # six
     assert "-DFETCHCONTENT_FULLY_DISCONNECTED=ON" in script["vllm"]  # cutlass, flash-attention, ...
     assert "export VLLM_USE_PRECOMPILED=0" in script["vllm"]  # the precompiled wheel
-    assert "-DLLVM_INCLUDE_TESTS=OFF" in script["triton-llvm"]  # (LLVM's tests fetch nothing, but add hours)
+    assert "-DLLVM_INCLUDE_TESTS=OFF" in script["triton-llvm"]  # tests, benchmarks, examples off
 
 
 def test_vllm_package_test_needs_no_gpu_driver() -> None:
