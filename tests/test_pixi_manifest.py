@@ -142,3 +142,86 @@ def test_test_environment_matches_pyproject_test_extra():
         assert pypi.get(name) == f"=={version}", (
             f"pixi.toml [feature.test.pypi-dependencies] lacks {name}=={version}"
         )
+
+
+# --- what a first real `pixi install` / `pixi run build-cuda` meets (docs/recipes-vs-feedstocks.md) ---
+
+RUNTIME = tomllib.loads((REPO_ROOT / "runtime" / "pixi.toml").read_text())
+
+
+def _tables(manifest: dict) -> list[dict]:
+    return [manifest, *manifest.get("feature", {}).values()]
+
+
+def test_building_has_no_cuda_system_requirement():
+    """pixi 0.71+ refuses an environment whose `cuda` system requirement the machine's driver
+    does not meet (unless CONDA_OVERRIDE_CUDA is set); building needs no GPU, running does."""
+    for table in _tables(PIXI):
+        assert "cuda" not in table.get("system-requirements", {}), table.get("system-requirements")
+    assert RUNTIME["system-requirements"]["cuda"] == "12"
+
+
+def test_default_environment_needs_no_unreleased_conda_package():
+    """py-rattler >=0.28 / py-rattler-build >=0.73: conda-forge's feedstocks stop at 0.23.2 /
+    0.67.0. They come from PyPI as dependencies of the editable stackforge install."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for manifest in (PIXI, RUNTIME):
+        for table in _tables(manifest):
+            for name in ("py-rattler", "py-rattler-build"):
+                assert name not in table.get("dependencies", {}), name
+        assert manifest["pypi-dependencies"]["stackforge"]["editable"] is True
+    assert {"py-rattler>=0.28", "py-rattler-build>=0.73"} <= set(project)
+
+
+def test_build_task_works_from_the_default_environment(task_workspace: Path):
+    """`pixi run build-cuda -e pascal` runs the task in the default environment with `-e pascal`
+    appended: no STACKFORGE_ENV, no TORCH_CUDA_ARCH_LIST, none of the pascal feature's packages."""
+    assert "build-cuda" in PIXI["tasks"]  # a workspace task: every environment has it
+    assert not any("build-cuda" in f.get("tasks", {}) for f in PIXI["feature"].values())
+    env = {k: v for k, v in os.environ.items() if k not in ("STACKFORGE_ENV", "TORCH_CUDA_ARCH_LIST")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        STACKFORGE_ROOT=str(task_workspace),
+    )
+    proc = subprocess.run(
+        ["bash", "-c", f"{PIXI['tasks']['build-cuda']['cmd']} -e pascal --dry-run"],
+        cwd=task_workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "build plan for pascal" in proc.stdout + proc.stderr  # rich writes the plan to stderr
+
+
+# == pins of runtime/pixi.toml and the conda-forge feedstock (recipe file, commit) that shows the
+# version; a pin not here was not checked against conda-forge and fails the test
+CONDA_FORGE_PINS = {
+    "lm-format-enforcer": ("0.11.3", "lm-format-enforcer-feedstock recipe/meta.yaml"),
+    "outlines-core": ("0.2.11", "outlines-core-feedstock recipe/recipe.yaml"),
+    "diskcache": ("5.6.3", "diskcache-feedstock recipe/meta.yaml"),
+    "lark": ("1.2.2", "lark-feedstock recipe/meta.yaml"),
+    "xgrammar": ("0.1.32", "xgrammar-feedstock recipe/recipe.yaml @7376b54 (0.1.29 never built)"),
+    "compressed-tensors": ("0.13.0", "compressed-tensors-feedstock recipe/meta.yaml"),
+    "anthropic": ("0.71.0", "anthropic-feedstock recipe/meta.yaml"),
+    "numba": ("0.61.2", "numba-feedstock recipe/meta.yaml"),
+}
+
+
+def test_runtime_exact_pins_exist_on_conda_forge():
+    exact = {
+        n: s[2:] for n, s in RUNTIME["dependencies"].items() if isinstance(s, str) and s.startswith("==")
+    }
+    assert exact == {n: v for n, (v, _) in CONDA_FORGE_PINS.items()}
+
+
+def test_pypi_packages_cannot_replace_our_torch():
+    """pixi hands uv the conda packages by PyPI name; for a channel other than conda-forge it
+    knows none (same-name heuristic off), so ../output's mapping names them, and no PyPI
+    dependency is one of our three."""
+    mapping = RUNTIME["workspace"]["conda-pypi-map"]["../output"]["mapping"]
+    assert mapping == {"pytorch": "torch", "triton": "triton", "vllm": "vllm"}
+    assert RUNTIME["workspace"]["requires-pixi"] == ">=0.71"  # per-channel maps
+    for table in _tables(RUNTIME):
+        assert not {"torch", "pytorch", "triton", "vllm"} & set(table.get("pypi-dependencies", {}))

@@ -168,3 +168,175 @@ def test_every_export_in_the_build_scripts_says_why() -> None:
             assert j >= 0 and lines[j].lstrip().startswith("#"), (
                 f"recipes/{name}/build.sh:{i + 1}: {line!r} has no reason"
             )
+
+
+# --- traps of a first real build (docs/recipes-vs-feedstocks.md) --------------------------------
+
+
+def _rendered(name: str, env: str = "pascal") -> dict:
+    import rattler_build as rb
+
+    ctx = recipes.placeholder_context(REAL, stack_context(WS), load_env(WS, env))
+    variant = rb.VariantConfig.from_file(WS.variants / f"{env}.yaml")
+    stage0 = rb.Stage0Recipe.from_file(WS.recipes / name / "recipe.yaml")
+    return stage0.render(variant, rb.RenderConfig(extra_context=ctx))[0].recipe.to_dict()
+
+
+def _names(specs: list[str]) -> set[str]:
+    return {s.split()[0].split("[")[0] for s in specs if isinstance(s, str)}  # pin_compatible() stays a dict
+
+
+def _preimages(patch: str) -> dict[str, list[str]]:
+    """The files a patch expects, rebuilt from its own hunks (context and removed lines at the
+    hunk's line numbers, filler elsewhere): `git apply --check` on them proves the patch is
+    well-formed and its line counts right; the context itself is what the feedstock's patch for
+    the same release shows (cited in each patch's header and in recipe.yaml)."""
+    files: dict[str, list[str]] = {}
+    current: list[str] = []
+    lines = patch.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("--- a/"):
+            current = files.setdefault(lines[i + 1][len("+++ b/") :], [])
+            i += 2
+            continue
+        m = re.match(r"@@ -(\d+),(\d+) \+\d+,\d+ @@", line)
+        if m:
+            start, count = int(m.group(1)), int(m.group(2))
+            while len(current) < start - 1:
+                current.append(f"# filler {len(current) + 1}")
+            i += 1
+            taken = 0
+            while taken < count and i < len(lines):
+                if lines[i][:1] in (" ", "-"):
+                    current.append(lines[i][1:])
+                    taken += 1
+                i += 1
+            continue
+        i += 1
+    return files
+
+
+@pytest.mark.parametrize("name", ["triton", "pytorch"])
+def test_recipe_patches_are_listed_and_apply(name: str, tmp_path: Path) -> None:
+    folder = WS.recipes / name
+    listed = [p for s in _rendered(name)["source"] for p in s.get("patches", [])]
+    assert listed and sorted(listed) == sorted(
+        f"patches/{p.name}" for p in (folder / "patches").glob("*.patch")
+    )
+    for rel in listed:
+        text = (folder / rel).read_text()
+        tree = tmp_path / Path(rel).stem
+        for path, content in _preimages(text).items():
+            (tree / path).parent.mkdir(parents=True, exist_ok=True)
+            (tree / path).write_text("\n".join([*content, "# end"]) + "\n")
+        subprocess.run(["git", "apply", "--check", "-p1", str(folder / rel)], cwd=tree, check=True)
+
+
+def test_triton_builds_without_werror() -> None:
+    """triton-feedstock@9ffe6be (3.5.1) shows this line in CMakeLists.txt: our patch must take
+    -Werror out of exactly it, and leave every other flag."""
+    upstream = (
+        '  set(CMAKE_CXX_FLAGS "${CMAKE_CXX_FLAGS} -Werror -Wno-covered-switch-default -fvisibility=hidden")'
+    )
+    patch = (
+        WS.recipes / "triton" / "patches" / "0001-cmake-do-not-turn-warnings-into-errors.patch"
+    ).read_text()
+    assert f"-{upstream}\n" in patch
+    assert f"+{upstream.replace(' -Werror', '')}\n" in patch
+
+
+def _run_unit_test_switch(tmp_path: Path, cmake: str) -> subprocess.CompletedProcess:
+    (tmp_path / "CMakeLists.txt").write_text(cmake)
+    script = WS.recipes / "triton" / "no-unit-tests.sh"
+    return subprocess.run(
+        ["bash", "-c", f'set -e; . "{script}"'], cwd=tmp_path, capture_output=True, text=True
+    )
+
+
+def test_triton_unit_tests_are_switched_off_in_cmake(tmp_path: Path) -> None:
+    """Runs the step build.sh sources: the option's default becomes OFF (so CMake never reaches
+    FetchContent(googletest)), and a tree without the option line stops the build."""
+    cmake = (
+        'option(TRITON_BUILD_PYTHON_MODULE "Build Python Triton bindings" OFF)\n'
+        'option(TRITON_BUILD_PROTON "Build the Triton Proton profiler" ON)\n'
+        'option(TRITON_BUILD_UT "Build C++ Triton Unit Tests" ON)\n'
+        "if(TRITON_BUILD_UT)\n  include(AddTritonUnitTest)\nendif()\n"
+    )
+    done = _run_unit_test_switch(tmp_path, cmake)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "CMakeLists.txt").read_text() == cmake.replace('Unit Tests" ON)', 'Unit Tests" OFF)')
+    missing = _run_unit_test_switch(tmp_path, "project(triton)\n")
+    assert missing.returncode != 0 and "TRITON_BUILD_UT" in missing.stderr
+    script = (WS.recipes / "triton" / "build.sh").read_text()
+    assert script.index('. "$RECIPE_DIR/no-unit-tests.sh"') < script.index("pip install")
+    assert "export TRITON_BUILD_UT" not in script  # it would read as if it worked
+
+
+def _pytorch_exports(pattern: str, env: dict[str, str]) -> dict[str, str]:
+    lines = [
+        line
+        for line in (WS.recipes / "pytorch" / "build.sh").read_text().splitlines()
+        if re.match(rf"export ({pattern})=", line)
+    ]
+    names = [line.split()[1].split("=")[0] for line in lines]
+    out = subprocess.run(
+        ["bash", "-c", "\n".join([*lines, *(f'echo "{n}=${{{n}}}"' for n in names)])],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_pytorch_roots_cuda_at_the_host_prefix() -> None:
+    got = _pytorch_exports(
+        "IN_PYTORCH_BUILD|CUDAToolkit_[A-Za-z_]+|CUDA_TOOLKIT_ROOT_DIR|CUDA_HOME",
+        {"PREFIX": "/host", "BUILD_PREFIX": "/build"},
+    )
+    assert got == {
+        "CUDA_HOME": "/build",  # nvcc
+        "IN_PYTORCH_BUILD": "1",  # patches/0001: the compiler's root does not win
+        "CUDAToolkit_ROOT": "/host",
+        "CUDAToolkit_ROOT_DIR": "/host",
+        "CUDA_TOOLKIT_ROOT_DIR": "/host",
+        "CUDAToolkit_BIN_DIR": "/build/bin",
+        "CUDAToolkit_TARGET_DIR": "/host/targets/x86_64-linux",  # cublas_v2.h, cupti.h (patches/0002)
+    }
+
+
+def test_pytorch_links_lazily_and_keeps_its_libraries() -> None:
+    conda = "-Wl,-O2 -Wl,--sort-common -Wl,--as-needed -Wl,-z,relro -Wl,-z,now -Wl,--disable-new-dtags"
+    flags = _pytorch_exports("LDFLAGS", {"LDFLAGS": conda})["LDFLAGS"].split()
+    assert "-Wl,--as-needed" not in flags and "-Wl,-z,now" not in flags
+    assert "-Wl,-z,lazy" in flags and "-Wl,-z,relro" in flags and "-Wl,-O2" in flags
+
+
+def test_pytorch_version_has_no_post_suffix_and_one_openmp() -> None:
+    rendered = _rendered("pytorch")
+    assert rendered["build"]["script"]["env"]["PYTORCH_BUILD_NUMBER"] == "0"
+    req = rendered["requirements"]
+    assert "llvm-openmp" in _names(req["build"]) and "llvm-openmp" in _names(req["host"])
+    assert "llvm-openmp" in _names(req["run"])
+    assert "six" in _names(req["host"])  # NNPACK's, instead of its download
+
+
+def test_configure_time_downloads_are_switched_off() -> None:
+    """The downloads docs/recipes-vs-feedstocks.md lists, each switched off where the build does."""
+    script = {name: (WS.recipes / name / "build.sh").read_text() for name in REAL}
+    assert "export TRITON_OFFLINE_BUILD=1" in script["triton"]  # LLVM, pybind11, json, nvidia tools
+    assert '. "$RECIPE_DIR/no-unit-tests.sh"' in script["triton"]  # googletest
+    assert ": > third_party/NNPACK/cmake/DownloadSix.cmake" in script["pytorch"]  # six
+    assert "-DFETCHCONTENT_FULLY_DISCONNECTED=ON" in script["vllm"]  # cutlass, flash-attention, ...
+    assert "export VLLM_USE_PRECOMPILED=0" in script["vllm"]  # the precompiled wheel
+    assert "-DLLVM_INCLUDE_TESTS=OFF" in script["triton-llvm"]  # tests, benchmarks, examples off
+
+
+def test_vllm_package_test_needs_no_gpu_driver() -> None:
+    tests = _rendered("vllm")["tests"]
+    imports = [m for t in tests if "python" in t for m in t["python"]["imports"]]
+    assert imports == ["vllm"]  # vllm._C links libcuda.so.1 (CUDA::cuda_driver)
+    scripts = " ".join(str(t["script"]) for t in tests if "script" in t)
+    assert "find_spec('vllm._C')" in scripts and "import vllm._C" not in scripts

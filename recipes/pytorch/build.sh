@@ -10,7 +10,20 @@ cd "$SRC_DIR/pytorch"
 # --- CUDA for the environment's archs (TORCH_CUDA_ARCH_LIST comes from the variant file) ------
 export USE_CUDA=1
 export CUDA_HOME="$BUILD_PREFIX"       # nvcc 12.9 from the build environment
-export CUDAToolkit_ROOT="$PREFIX"      # CUDA libraries and headers of the host environment
+
+# --- the CUDA toolkit is rooted at the host prefix, not at nvcc's build prefix ----------------
+# PyTorch finds CUDA several ways; every one must see $PREFIX, or cublas_v2.h is searched for in
+# the build prefix (conda-forge/pytorch-cpu-feedstock issue 283; its recipe/build.sh sets these).
+# IN_PYTORCH_BUILD=1 makes patches/0001 ignore the compiler's root; CUPTI (patches/0002) and the
+# other libraries are found under the targets directory
+export IN_PYTORCH_BUILD=1
+export CUDAToolkit_ROOT="$PREFIX"
+export CUDAToolkit_ROOT_DIR="$PREFIX"
+export CUDA_TOOLKIT_ROOT_DIR="$PREFIX"
+export CUDAToolkit_BIN_DIR="$BUILD_PREFIX/bin"
+export CUDAToolkit_TARGET_DIR="$PREFIX/targets/x86_64-linux"
+
+# --- CUDA libraries: cuDNN and the system NCCL -------------------------------------------------
 export TORCH_NVCC_FLAGS="-Xfatbin -compress-all"  # smaller fatbins, same code
 export USE_CUDNN=1
 export CUDNN_ROOT="$PREFIX"            # cuDNN 9.10.2: the last with 6.x/7.0 in its support matrix
@@ -35,6 +48,17 @@ export USE_MKLDNN=1                    # oneDNN (vendored) for CPU convolutions 
 export USE_DISTRIBUTED=1               # torch.distributed: vLLM tensor parallelism needs it
 export USE_MPI=0                       # NCCL and Gloo cover single-node multi-GPU serving
 export USE_NUMA=0                      # no libnuma dependency; vLLM does its own CPU pinning
+
+# --- linker flags: conda's defaults, less two that break torch (pytorch-cpu-feedstock recipe/build.sh) ---
+# --as-needed drops libraries torch loads only through other libraries (MKL's layers, CUDA's);
+# -z,now resolves every CUDA symbol at load time, so `import torch` fails on a machine without a
+# GPU driver (no libcuda.so.1): lazy binding resolves them on first use
+export LDFLAGS="$(echo "${LDFLAGS:-}" | sed -e 's/-Wl,--as-needed//g' -e 's/-Wl,-z,now/-Wl,-z,lazy/g')"
+
+# --- nothing downloaded at configure time ----------------------------------------------------
+# NNPACK's CMake downloads `six` unless told otherwise: six comes from the host environment instead
+# (recipe.yaml), and the download script is emptied (pytorch-cpu-feedstock recipe/build.sh does both)
+: > third_party/NNPACK/cmake/DownloadSix.cmake
 
 # --- how it is built -------------------------------------------------------------------------
 export BUILD_TEST=0                    # the C++ test binaries double the build for nothing shipped
