@@ -83,6 +83,7 @@ def stand_in_workspace(tmp: Path) -> Workspace:
     """This workspace's recipes, variants and git-repos.txt, with each source a small local repo."""
     root = tmp / "real"
     shutil.copytree(REPO_ROOT / "recipes", root / "recipes")
+    shutil.copy2(REPO_ROOT / "stack.yaml", root / "stack.yaml")
     manifest = load_manifest(REPO_ROOT / "git-repos.txt")
     lines = []
     for src in manifest.sources:
