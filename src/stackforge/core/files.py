@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -29,3 +30,23 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path, what: str = "another stackforge") -> Iterator[None]:
+    """Hold the file lock at `path`; when it is taken, say who we wait for instead of hanging mute."""
+    from filelock import FileLock, Timeout
+
+    from stackforge.core.console import info
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        info(f"waiting for {path} held by {what}")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
