@@ -16,6 +16,7 @@ from pathlib import Path
 from stackforge.build import plan as plan_
 from stackforge.core.console import Failure
 from stackforge.core.files import atomic_write, sha256_file
+from stackforge.core.git import redact_url
 from stackforge.core.workspace import Workspace
 from stackforge.sources.checkouts import series_digest, series_files
 from stackforge.sources.state import source_state
@@ -36,7 +37,7 @@ def current_state(ws: Workspace) -> dict:
     for src in manifest.sources:
         state = source_state(ws, src)
         sources[src.name] = {
-            "url": src.url,
+            "url": redact_url(src.url),  # never a credential in a committed file
             "pin": src.commit,
             **({"ref": src.ref} if src.ref else {}),
             "patches": series_digest(series_files(ws, src.name)),

@@ -8,7 +8,17 @@ import time
 from dataclasses import asdict
 
 from stackforge.cli.options import add_dry_run, add_json
-from stackforge.core.console import UsageError, err, escape, out, print_json
+from stackforge.core.console import EXIT_FAILED, StackforgeError, UsageError, err, escape, out, print_json
+
+EXIT_CODES = (
+    "Exit codes: 0 every source is at pin + series; 1 failed, or a source was kept (left alone "
+    "because it has commits above the series: see its line); 2 bad usage."
+)
+
+
+def _json_failure(exc: StackforgeError, results: object) -> None:
+    """With --json, stdout stays valid JSON even when the command fails."""
+    print_json({"error": exc.render(), "exit_code": exc.exit_code, "results": results})
 
 
 def _mirror_arg(parser: argparse.ArgumentParser) -> None:
@@ -22,24 +32,32 @@ def _mirror_arg(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_sync(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
-    from stackforge.sources.checkouts import sync
+    from stackforge.sources.checkouts import sync_each
     from stackforge.spec.manifest import load_manifest
 
-    ws = find_workspace(args.root)
-    manifest = load_manifest(ws.manifest)
-    names = getattr(args, "names", None) or None
     started = time.perf_counter()
-    results = sync(
-        ws, manifest, names, mirror=args.mirror, force=args.force, dry_run=args.dry_run, quiet=args.json
-    )
+    results = []
+    try:
+        ws = find_workspace(args.root)
+        manifest = load_manifest(ws.manifest)
+        names = getattr(args, "names", None) or None
+        for r in sync_each(
+            ws, manifest, names, mirror=args.mirror, force=args.force, dry_run=args.dry_run, quiet=args.json
+        ):
+            results.append(r)
+            if not args.json:
+                colour = {"up-to-date": "green", "kept": "yellow"}.get(r.action, "cyan")
+                line = f"{r.name:<16} {r.head[:12]:<12} {r.detail}"
+                err.print(f"[{colour}]{r.action:>12}[/{colour}]  {escape(line)}")
+    except StackforgeError as exc:
+        if args.json:
+            _json_failure(exc, [asdict(r) for r in results])
+        raise
     if args.json:
         print_json([asdict(r) for r in results])
     else:
-        for r in results:
-            colour = {"up-to-date": "green", "kept": "yellow"}.get(r.action, "cyan")
-            err.print(f"[{colour}]{r.action:>12}[/{colour}]  {r.name:<16} {r.head[:12]:<12} {r.detail}")
         err.print(f"[dim]{len(results)} source(s) in {time.perf_counter() - started:.2f}s[/dim]")
-    return 0
+    return EXIT_FAILED if any(r.action == "kept" for r in results) else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -47,10 +65,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from stackforge.sources.checkouts import Checkouts
     from stackforge.spec.manifest import load_manifest
 
-    ws = find_workspace(args.root)
-    manifest = load_manifest(ws.manifest)
-    checkouts = Checkouts(ws, quiet=True)
-    rows = [checkouts.status(src) for src in manifest.sources]
+    try:
+        ws = find_workspace(args.root)
+        manifest = load_manifest(ws.manifest)
+        checkouts = Checkouts(ws, quiet=True)
+        rows = [checkouts.status(src) for src in manifest.sources]
+    except StackforgeError as exc:
+        if args.json:
+            _json_failure(exc, [])
+        raise
     if not args.json:
         from stackforge.spec.stack import describe
 
@@ -64,7 +87,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         style = "green" if r.up_to_date and not r.dirty else "yellow"
         table.add_row(
-            r.name,
+            escape(r.name),
             r.pin[:12],
             (r.head or "-")[:12],
             f"{r.applied}/{r.patches}",
@@ -81,7 +104,9 @@ def _register_clone(groups: dict[str, argparse._SubParsersAction]) -> None:
         ("clone-all", "clone or update every source in git-repos.txt and apply its patches"),
         ("clone", "clone or update the named sources"),
     ):
-        p = top.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        p = top.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".", epilog=EXIT_CODES
+        )
         if name == "clone":
             p.add_argument("names", nargs="+", metavar="NAME", help="source names from git-repos.txt")
         _mirror_arg(p)
@@ -103,14 +128,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
     from stackforge.sources.patches import export_series
 
-    ws = find_workspace(args.root)
-    written = export_series(ws, args.name, dry_run=args.dry_run)
+    try:
+        ws = find_workspace(args.root)
+        written = export_series(ws, args.name, dry_run=args.dry_run, force=args.force)
+    except StackforgeError as exc:
+        if args.json:
+            _json_failure(exc, [])
+        raise
     if args.json:
         print_json([str(p.relative_to(ws.root)) for p in written])
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    report: dict = {}
+    try:
+        return _check(args, report)
+    except StackforgeError as exc:
+        if args.json:
+            _json_failure(exc, report)
+        raise
+
+
+def _check(args: argparse.Namespace, report: dict) -> int:
     from stackforge.core.git import Git
     from stackforge.core.workspace import find_workspace
     from stackforge.sources.checkouts import _has, series_files
@@ -120,7 +160,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
     ws = find_workspace(args.root)
     manifest = load_manifest(ws.manifest)
     failed = False
-    report = {}
     for name in args.names or [s.name for s in manifest.sources if series_files(ws, s.name)]:
         src = manifest.get(name)
         dest = ws.checkout(name)
@@ -135,12 +174,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
         report[name] = {"base": base, "patches": [asdict(r) for r in results]}
         failed |= not all(r.ok for r in results)
         if not args.json:
-            err.print(f"[bold]{name}[/bold] at {base[:12]}{' (' + args.rev + ')' if args.rev else ''}:")
+            rev_note = f" ({args.rev})" if args.rev else ""
+            err.print(f"[bold]{escape(name)}[/bold] {escape(f'at {base[:12]}{rev_note}:')}")
             for r in results:
                 colour = {"clean": "green", "offset": "green", "conflict": "red"}.get(r.verdict, "yellow")
                 extra = f"  {r.detail}" if r.verdict not in ("clean", "conflict") else ""
                 files = f"  ({', '.join(r.files)})" if r.verdict == "conflict" else ""
-                err.print(f"  [{colour}]{r.verdict:>8}[/{colour}]  {r.patch}{files}{extra}")
+                err.print(f"  [{colour}]{r.verdict:>8}[/{colour}]  {escape(f'{r.patch}{files}{extra}')}")
     if args.json:
         print_json(report)
     return 1 if failed else 0
@@ -152,6 +192,12 @@ def _register_patches(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("export", help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
     p.add_argument("name", metavar="NAME", help="a source name from git-repos.txt, e.g. vllm")
     add_dry_run(p, "say what would be written, change nothing")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="export even when the series on disk is not the one the checkout carries "
+        "(edited since, or left at the pin by a conflict); the old series is backed up",
+    )
     add_json(p, "the written files")
     p.set_defaults(func=_cmd_export)
     help_text = "apply a series to a scratch worktree and report each patch"

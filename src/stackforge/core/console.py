@@ -50,17 +50,18 @@ class UsageError(StackforgeError):
 
 
 def info(message: str) -> None:
-    err.print(message)
+    """Plain text on stderr: paths and captured output in it are never read as markup."""
+    err.print(escape(message))
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}")
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def echo_command(argv: list[str], cwd: Path | None = None) -> None:
     """Print a command before it runs, so every git/rattler step is visible and repeatable."""
     where = f"(cd {cwd}) " if cwd else ""
-    err.print(f"[dim]$ {where}{' '.join(_quote(a) for a in argv)}[/dim]")
+    err.print(f"[dim]$ {escape(where + ' '.join(_quote(a) for a in argv))}[/dim]")
 
 
 def _quote(arg: str) -> str:

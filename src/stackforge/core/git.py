@@ -1,21 +1,30 @@
 """Running git: every command echoed before it runs, logged, and retried when it uses the network.
 
+This is the one git runner: one committer identity and hermetic mode (`HERMETIC`), one retry
+policy (`STACKFORGE_NET_RETRIES`, `STACKFORGE_RETRY_DELAY`), one place that repairs stale lock
+files and redacts credentials from what is echoed or logged (git itself gets the real URL).
 Patch application runs with a fixed committer and no user/system git config, so the patched
 HEAD is the same commit on every machine.
+
+Test hook (for the fault-injection tests only): `STACKFORGE_TEST_KILL_AT=N:before|after` makes
+the process SIGKILL itself right before or after its Nth git command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stackforge.core.console import Failure, echo_command
+from stackforge.core.console import Failure, UsageError, echo_command, err, escape
 
 # Identity for commits stackforge makes with `git am`; dates come from the patches themselves.
 COMMITTER = {"GIT_COMMITTER_NAME": "stackforge", "GIT_COMMITTER_EMAIL": "stackforge@localhost"}
@@ -28,6 +37,31 @@ _FINAL = re.compile(
 )
 # Variables that would override the dates and identities the patches carry.
 _SCRUBBED = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_LOCKED = re.compile(r"Unable to create '([^']+\.lock)': File exists")
+# A lock older than this is stale even where /proc cannot tell us who holds it.
+STALE_LOCK_S = 600.0
+_calls = 0
+
+
+def redact_url(text: str) -> str:
+    """`text` with the user:password@ of every URL in it removed: the form that is printed or stored."""
+    return _USERINFO.sub(r"\g<scheme>", text)
+
+
+def env_number(name: str, default: float, *, minimum: float = 0, integer: bool = False) -> float:
+    """A numeric setting from the environment; a bad value is a usage error, not a traceback."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or value != value:
+        kind = "a whole number" if integer else "a number"
+        raise UsageError(f"{name}={raw!r}: expected {kind} of at least {minimum:g}", hint=f"unset {name}")
+    return value
 
 
 @dataclass
@@ -52,8 +86,14 @@ class Git:
 
     def _record(self, text: str) -> None:
         if self.log:
+            text = redact_url(text)
             with self.log.open("a", encoding="utf-8") as fh:
                 fh.write(text if text.endswith("\n") else text + "\n")
+
+    def _announce(self, argv: list[str], cwd: Path | None, echo: bool, note: str = "") -> None:
+        if echo and not self.quiet:
+            echo_command([redact_url(a) for a in argv], cwd)
+        self._record(f"$ {' '.join(argv)}  (in {cwd or Path.cwd()}){note}")
 
     def run(
         self,
@@ -65,21 +105,19 @@ class Git:
         echo: bool = True,
     ) -> GitResult:
         argv = ["git", *args]
-        if echo and not self.quiet:
-            echo_command(argv, cwd)
-        self._record(f"$ {' '.join(argv)}  (in {cwd or Path.cwd()})")
-        proc = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=_environ(env),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        self._record(proc.stdout + proc.stderr)
+        self._announce(argv, cwd, echo)
+        for _ in range(2):  # a second go only after removing a stale lock file
+            _test_kill("before")
+            proc = subprocess.run(
+                argv, cwd=cwd, env=_environ(env), capture_output=True, text=True, check=False
+            )
+            _test_kill("after")
+            self._record(proc.stdout + proc.stderr)
+            if proc.returncode == 0 or not _clear_stale_lock(proc.stderr):
+                break
         result = GitResult(proc.returncode, proc.stdout, proc.stderr)
         if check and not result.ok:
-            raise Failure(f"`{' '.join(argv)}` failed in {cwd}: {_last_line(proc.stderr)}")
+            raise Failure(redact_url(f"`{' '.join(argv)}` failed in {cwd}: {_last_line(proc.stderr)}"))
         return result
 
     def out(self, args: list[str], cwd: Path, **kw: object) -> str:
@@ -92,65 +130,62 @@ class Git:
 
         `cleanup` is removed before each retry, so a half-fetched clone never survives.
         """
-        attempts = max(1, int(os.environ.get("STACKFORGE_NET_RETRIES", "3")))
-        delay = float(os.environ.get("STACKFORGE_RETRY_DELAY", "2"))
+        attempts = int(env_number("STACKFORGE_NET_RETRIES", 3, minimum=1, integer=True))
+        delay = env_number("STACKFORGE_RETRY_DELAY", 2)
         # Progress meters only where someone watches; logs and CI output get the lines that matter.
         tty = sys.stderr.isatty()
         argv = ["git", *(a for a in args if tty or a != "--progress")]
         tail: deque[str] = deque(maxlen=12)
         for attempt in range(1, attempts + 1):
-            if not self.quiet:
-                echo_command(argv, cwd)
-            self._record(f"$ {' '.join(argv)}  (in {cwd or Path.cwd()}) attempt {attempt}/{attempts}")
+            self._announce(argv, cwd, True, f" attempt {attempt}/{attempts}")
+            _test_kill("before")
             code = _stream(argv, cwd, tail, self._record, show=tty and not self.quiet)
+            _test_kill("after")
             if code == 0:
                 return
             if cleanup is not None:
                 _rmtree(cleanup)
+            if _clear_stale_lock("\n".join(tail)):
+                continue
             if any(_FINAL.search(line) for line in tail):
-                raise Failure(f"{what} failed: {_reason(tail)}")
+                raise Failure(redact_url(f"{what} failed: {_reason(tail)}"))
             if attempt < attempts:
                 wait = delay * 2 ** (attempt - 1)
-                print(
-                    f"  {what} failed (attempt {attempt}/{attempts}); retrying in {wait:g}s", file=sys.stderr
-                )
+                err.print(f"  {escape(what)} failed (attempt {attempt}/{attempts}); retrying in {wait:g}s")
                 time.sleep(wait)
         raise Failure(
-            f"{what} failed after {attempts} attempt(s): {_reason(tail)}",
+            redact_url(f"{what} failed after {attempts} attempt(s): {_reason(tail)}"),
             hint="check the network and the URL in git-repos.txt, or use --mirror DIR for a local mirror; "
             "nothing half-fetched was kept, so running the same command again is safe",
         )
 
 
-def _stream(argv: list[str], cwd: Path | None, tail: deque[str], record, *, show: bool) -> int:
-    """Run argv, copying its stderr (git's progress) to ours while keeping the last lines."""
+def _stream(
+    argv: list[str], cwd: Path | None, tail: deque[str], record: Callable[[str], None], *, show: bool
+) -> int:
+    """Run argv, copying its stderr (git's progress) to ours in whole reads while keeping the last lines."""
     proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
+        argv, cwd=cwd, env=_environ(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     assert proc.stderr is not None
-    line = ""
+    pending = ""
     try:
-        for chunk in iter(lambda: proc.stderr.read(1), ""):
+        # read1 returns what the pipe holds (up to 64 KiB), so progress (\r) still shows as it comes.
+        while chunk := proc.stderr.read1(65536):
+            text = chunk.decode("utf-8", errors="replace")
             if show:
-                sys.stderr.write(chunk)
-            if chunk in "\r\n":
+                sys.stderr.write(redact_url(text))
+                sys.stderr.flush()
+            *done, pending = re.split(r"[\r\n]", pending + text)
+            for line in done:
                 if line.strip():
-                    tail.append(line.strip())
-                    if chunk == "\n":
-                        record(line)
-                line = ""
-            else:
-                line += chunk
+                    tail.append(redact_url(line.strip()))
+                    record(line)  # progress lines (\r) go to the log too, once each
     finally:
         code = proc.wait()
-    if line.strip():
-        tail.append(line.strip())
+    if pending.strip():
+        tail.append(redact_url(pending.strip()))
+        record(pending)
     return code
 
 
@@ -160,6 +195,64 @@ def _environ(extra: dict[str, str] | None) -> dict[str, str]:
         for key in _SCRUBBED:
             env.pop(key, None)
     return env
+
+
+def _clear_stale_lock(stderr: str) -> bool:
+    """Remove the lock file git complained about when no live process holds it; say which."""
+    match = _LOCKED.search(stderr)
+    if not match:
+        return False
+    lock = Path(match.group(1))
+    holder = _lock_holder(lock)
+    if holder is not None:
+        raise Failure(
+            f"{lock} is held by a running process ({holder})",
+            hint="wait for it to finish, then run the same command again",
+        )
+    with contextlib.suppress(FileNotFoundError):
+        lock.unlink()
+    err.print(f"[yellow]removed[/yellow] stale git lock {escape(str(lock))} (left by an interrupted git)")
+    return True
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """A running git whose working folder is in the lock's repository, if any ('pid N')."""
+    gitdir = lock.parent
+    while gitdir.name != ".git" and gitdir.parent != gitdir and not (gitdir / "HEAD").is_file():
+        gitdir = gitdir.parent
+    repo = gitdir.parent if gitdir.name == ".git" else gitdir
+    proc = Path("/proc")
+    if not proc.is_dir():  # no way to ask: trust the lock's age alone
+        try:
+            young = time.time() - lock.stat().st_mtime < STALE_LOCK_S
+        except OSError:
+            return None
+        return "unknown, the lock is recent" if young else None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() not in ("git", "git-remote-http", "git-am"):
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if cwd in (repo, gitdir) or repo in cwd.parents:
+            return f"pid {entry.name}"
+    return None
+
+
+def _test_kill(when: str) -> None:
+    """The fault-injection hook (see the module docstring): never set outside tests."""
+    global _calls
+    spec = os.environ.get("STACKFORGE_TEST_KILL_AT")
+    if not spec:
+        return
+    if when == "before":
+        _calls += 1
+    number, _, moment = spec.partition(":")
+    if number.isdigit() and int(number) == _calls and (moment or "before") == when:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _reason(tail: deque[str]) -> str:

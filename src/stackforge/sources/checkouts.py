@@ -9,38 +9,32 @@ running it again. What was applied is recorded in `.git/stackforge.json`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
-
-from stackforge.core.console import Failure, err, info
-from stackforge.core.files import atomic_write
-from stackforge.core.git import HERMETIC, Git
+from stackforge.core.console import Failure, err, escape, info
+from stackforge.core.files import atomic_write, waiting_lock
+from stackforge.core.git import HERMETIC, Git, redact_url
 from stackforge.core.workspace import Workspace
+from stackforge.sources.conflict import conflict_message, failed_patch
+from stackforge.sources.series import refuse_orphans, series_digest, series_files
+from stackforge.sources.state import patched_tree
+from stackforge.sources.untracked import colliding_untracked, save_untracked
 from stackforge.spec.manifest import Manifest, Source
+
+__all__ = [
+    "patched_tree",
+    "series_digest",
+    "series_files",
+]  # re-exported: callers outside read the series here
 
 STATE_FILE = "stackforge.json"
 BACKUP_PREFIX = "refs/stackforge/backup"
-
-
-# --- the patch series ------------------------------------------------------------------------
-
-
-def series_files(ws: Workspace, name: str) -> list[Path]:
-    """patches/<name>/*.patch in the order `git am` applies them (by file name)."""
-    folder = ws.patch_dir(name)
-    return sorted(folder.glob("*.patch")) if folder.is_dir() else []
-
-
-def series_digest(files: list[Path]) -> list[dict[str, str]]:
-    return [{"file": f.name, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in files]
 
 
 # --- recorded state --------------------------------------------------------------------------
@@ -148,11 +142,13 @@ class Checkouts:
 
     # -- sync --
 
+    def lock(self, name: str):
+        """The per-source lock every command that changes sources/<name> or patches/<name> holds."""
+        return waiting_lock(self.ws.state / "locks" / f"{name}.lock")
+
     def sync(self, src: Source, *, force: bool = False, dry_run: bool = False) -> SyncResult:
         self.ws.sources.mkdir(parents=True, exist_ok=True)
-        lock_dir = self.ws.state / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(lock_dir / f"{src.name}.lock")):
+        with self.lock(src.name):
             return self._sync_locked(src, force=force, dry_run=dry_run)
 
     def _sync_locked(self, src: Source, *, force: bool, dry_run: bool) -> SyncResult:
@@ -219,6 +215,7 @@ class Checkouts:
         if dry_run:
             return SyncResult(src.name, "would-update", head, verdict)
         backups = self._backup(dest, git, dirty=dirty, extra=extra) if force else []
+        self._save_untracked(src, dest, git, series)
         self._checkout_pin(src, dest, git)
         new_head = self._apply(src, dest, git, series)
         return SyncResult(src.name, "updated", new_head, verdict, backups)
@@ -234,10 +231,19 @@ class Checkouts:
                 cleanup=tmp,
             )
             self._checkout_pin(src, tmp, git)
-            write_state(tmp, State(url=src.url, pin=src.commit, head=src.commit, phase="failed"))
+            write_state(tmp, State(url=redact_url(src.url), pin=src.commit, head=src.commit, phase="failed"))
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _save_untracked(self, src: Source, dest: Path, git: Git, series: list[Path]) -> None:
+        """Move aside untracked files the pin's tree or the series would overwrite (never lose them)."""
+        if not _has(dest, git, src.commit):
+            return  # fetched by _checkout_pin; then only the series' files can collide
+        from stackforge.sources.patches import _touched
+
+        touched = {f for p in series for f in _touched(p)}
+        save_untracked(dest, colliding_untracked(dest, git, src.commit, touched), self.ws.state / "backups")
 
     def _checkout_pin(self, src: Source, dest: Path, git: Git) -> None:
         url = self.url(src)
@@ -255,7 +261,7 @@ class Checkouts:
                     raise  # the remote itself is unreachable: that is the error to report
         if not _has(dest, git, src.commit):
             raise Failure(
-                f"{src.name}: commit {src.commit} is not in {url} (git-repos.txt:{src.line})",
+                f"{src.name}: commit {src.commit} is not in {redact_url(url)} (git-repos.txt:{src.line})",
                 hint="check the SHA: `git ls-remote URL` lists what the remote has",
             )
         git.run(["checkout", "--quiet", "--detach", "--force", src.commit], dest)
@@ -291,23 +297,25 @@ class Checkouts:
 
     def _apply(self, src: Source, dest: Path, git: Git, series: list[Path]) -> str:
         digest = series_digest(series)
-        state = State(url=src.url, pin=src.commit, series=digest, head="", phase="applying")
+        state = State(url=redact_url(src.url), pin=src.commit, series=digest, head="", phase="applying")
         write_state(dest, state)
         if series:
-            am = ["am", "--3way", "--committer-date-is-author-date", "--no-gpg-sign", "--quiet"]
+            # No --quiet: it hides the "patch failed: FILE:LINE" lines the conflict message names.
+            am = ["am", "--3way", "--committer-date-is-author-date", "--no-gpg-sign"]
             result = git.run([*am, *(str(p) for p in series)], dest, env=HERMETIC, check=False)
             if not result.ok:
-                failed = _failed_patch(dest, series)
+                failed = failed_patch(dest, series)
                 self._abort_am(dest, git)
                 state.series, state.phase, state.failed_patch = [], "failed", failed.name
                 state.head = git.out(["rev-parse", "HEAD"], dest)
                 write_state(dest, state)
                 raise Failure(
-                    _conflict_message(src, failed, series, result.stdout + result.stderr),
+                    conflict_message(src, failed, series, result.stdout + result.stderr),
                     hint=(
-                        f"see every patch's state with `stackforge patches check {src.name}`; fix {failed} "
-                        f"(or redo it in sources/{src.name} and run `stackforge patches export {src.name}`), "
-                        f"then run `stackforge clone {src.name}` again"
+                        f"see every patch's state with `stackforge patches check {src.name}`; fix {failed}, "
+                        f"then run `stackforge clone {src.name}` again (or apply the series by hand in "
+                        f"sources/{src.name} with `git am --3way`, resolve, `git am --continue`, and run "
+                        f"`stackforge patches export --force {src.name}`)"
                     ),
                 )
         state.head, state.phase = git.out(["rev-parse", "HEAD"], dest), "done"
@@ -334,7 +342,9 @@ class Checkouts:
                 git.run(["update-ref", ref, stash], dest)
                 refs.append(ref)
         for ref in refs:
-            err.print(f"[yellow]saved[/yellow] {dest.name}: {ref}  (see it: git -C {dest} show --stat {ref})")
+            err.print(
+                f"[yellow]saved[/yellow] {escape(f'{dest.name}: {ref}  (see it: git -C {dest} show --stat {ref})')}"
+            )
         return refs
 
 
@@ -356,41 +366,6 @@ def _verdict(src: Source, state: State | None, head: str, series: list[Path]) ->
     return "up-to-date"
 
 
-def _failed_patch(dest: Path, series: list[Path]) -> Path:
-    """The patch `git am` stopped at: rebase-apply/next holds its 1-based number."""
-    try:
-        index = int((dest / ".git" / "rebase-apply" / "next").read_text().strip())
-        return series[index - 1]
-    except (OSError, ValueError, IndexError):
-        return series[0]
-
-
-def _conflict_message(src: Source, patch: Path, series: list[Path], output: str) -> str:
-    failures = sorted(set(re.findall(r"error: patch failed: (\S+):(\d+)", output)))
-    conflicts = sorted(set(re.findall(r"CONFLICT \([^)]*\): .*? in (\S+)", output)))
-    missing = sorted(set(re.findall(r"error: (\S+): does not exist in index", output)))
-    lines = [
-        f"{patch} does not apply to {src.name} at {src.short} (patch {series.index(patch) + 1} of {len(series)})"
-    ]
-    lines += [f"  {path}: hunk at line {line} does not apply" for path, line in failures]
-    lines += [f"  {path}: 3-way merge conflict" for path in conflicts]
-    lines += [f"  {path}: file does not exist at the pin" for path in missing]
-    lines.append(f"  sources/{src.name} was left at the pin with no patches applied (git am was aborted)")
-    return "\n".join(lines)
-
-
-def patched_tree(ws: Workspace, src: Source) -> str:
-    """The git tree hash of the patched checkout, for cache keys; fails unless up to date."""
-    status = Checkouts(ws, quiet=True).status(src)
-    if not status.up_to_date or status.dirty:
-        state = "has uncommitted changes" if status.dirty else status.state
-        raise Failure(
-            f"sources/{src.name} is not the pinned, patched tree ({state})",
-            hint=f"run `stackforge clone {src.name}`",
-        )
-    return Git(quiet=True).out(["rev-parse", "HEAD^{tree}"], ws.checkout(src.name))
-
-
 def sync(
     ws: Workspace,
     manifest: Manifest,
@@ -402,8 +377,24 @@ def sync(
     quiet: bool = False,
 ) -> list[SyncResult]:
     """Bring the named checkouts (default: all) to pin + series; stops at the first failure."""
+    return list(sync_each(ws, manifest, names, mirror=mirror, force=force, dry_run=dry_run, quiet=quiet))
+
+
+def sync_each(
+    ws: Workspace,
+    manifest: Manifest,
+    names: list[str] | None = None,
+    *,
+    mirror: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    quiet: bool = False,
+) -> Iterator[SyncResult]:
+    """`sync`, one result at a time (so a caller can report the ones done before a failure)."""
+    refuse_orphans(ws, manifest)
     checkouts = Checkouts(ws, mirror=mirror, quiet=quiet)
-    return [checkouts.sync(src, force=force, dry_run=dry_run) for src in manifest.select(names)]
+    for src in manifest.select(names):
+        yield checkouts.sync(src, force=force, dry_run=dry_run)
 
 
 # --- CLI -------------------------------------------------------------------------------------

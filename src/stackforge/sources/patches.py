@@ -10,15 +10,21 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stackforge.core.console import Failure, UsageError, info
-from stackforge.core.git import HERMETIC, Git
+from stackforge.core.console import Failure, UsageError, info, warn
+from stackforge.core.git import HERMETIC, Git, redact_url
 from stackforge.core.workspace import Workspace
-from stackforge.sources.checkouts import Checkouts, _has, read_state, series_files
-from stackforge.spec.manifest import load_manifest
+from stackforge.sources.checkouts import STATE_FILE, Checkouts, State, _has, read_state, write_state
+from stackforge.sources.series import (
+    clean_leftovers,
+    describe_change,
+    replace_series,
+    series_digest,
+    series_files,
+)
+from stackforge.spec.manifest import Source, load_manifest
 
 # --zero-commit and -N keep a patch's bytes independent of the commit SHA and of the series
 # length; --full-index keeps index lines independent of how many objects a clone has.
@@ -81,16 +87,25 @@ def check_series(repo: Path, base: str, patch_files: list[Path], git: Git | None
     return results
 
 
-def export_series(ws: Workspace, name: str, *, dry_run: bool = False) -> list[Path]:
+def export_series(ws: Workspace, name: str, *, dry_run: bool = False, force: bool = False) -> list[Path]:
     """Write the commits between the pin and HEAD of sources/<name> as patches/<name>/NNNN-*.patch,
-    replacing the series (the old one is kept under .stackforge/backups/), then rebuild the
-    checkout from pin + new series so its HEAD is the canonical one."""
+    replacing the series atomically (the old one is kept under .stackforge/backups/), then rebuild
+    the checkout from pin + new series so its HEAD is the canonical one.
+
+    Refused, unless `force`, when the series on disk is not the one the checkout carries (edited
+    since the checkout was made, or the checkout was left at the pin by a conflict): exporting
+    would then shrink or revert the series."""
     src = load_manifest(ws.manifest).get(name)
-    dest = ws.checkout(name)
+    checkouts = Checkouts(ws)
+    with checkouts.lock(name):
+        return _export(ws, checkouts, src, dry_run=dry_run, force=force)
+
+
+def _export(ws: Workspace, checkouts: Checkouts, src: Source, *, dry_run: bool, force: bool) -> list[Path]:
+    name, dest = src.name, ws.checkout(src.name)
     git = Git(ws.state / "logs" / f"sources-{name}.log")
     if not (dest / ".git").exists():
         raise UsageError(f"sources/{name} is not cloned", hint=f"run `stackforge clone {name}` first")
-    checkouts = Checkouts(ws)
     if checkouts.dirty(dest, git):
         raise Failure(
             f"sources/{name} has uncommitted changes", hint="commit them (they become patches) and run again"
@@ -110,41 +125,37 @@ def export_series(ws: Workspace, name: str, *, dry_run: bool = False) -> list[Pa
             hint="rebase them linearly",
         )
     head = git.out(["rev-parse", "HEAD"], dest)
-    if dry_run:
-        info(f"would write {len(commits)} patch(es) to patches/{name}/ from {src.short}..{head[:12]}")
-        return []
+    clean_leftovers(ws, name)
+    old = series_files(ws, name)
     staging = Path(tempfile.mkdtemp(prefix=f"stackforge-export-{name}-"))
     try:
         if commits:
             git.run([*FORMAT_PATCH, "-o", str(staging), f"{src.commit}..HEAD"], dest, env=HERMETIC)
-        target = ws.patch_dir(name)
-        old = series_files(ws, name)
-        if old:
-            backup = ws.state / "backups" / f"patches-{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-            backup.mkdir(parents=True, exist_ok=True)
-            for f in old:
-                shutil.copy2(f, backup / f.name)
-            info(f"previous series saved in {backup}")
-            for f in old:
-                f.unlink()
-        target.mkdir(parents=True, exist_ok=True)
-        written = []
-        for f in sorted(staging.glob("*.patch")):
-            shutil.move(str(f), target / f.name)
-            written.append(target / f.name)
+        staged = sorted(staging.glob("*.patch"))
+        unchanged = series_digest(staged) == series_digest(old)
+        if not unchanged and not force:
+            _refuse_uncarried(dest, git, name, head, old)
+        dropped = sorted({p.name for p in old} - {p.name for p in staged})
+        if dry_run:
+            info(f"would write {len(staged)} patch(es) to patches/{name}/ from {src.short}..{head[:12]}")
+            for f in dropped:
+                warn(f"would drop patches/{name}/{f}")
+            return []
+        for f in dropped:
+            warn(f"patches/{name}/{f} is not in the new series: dropped (it is in the backup)")
+        if not unchanged:
+            replace_series(ws, name, staged)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    written = series_files(ws, name)
     # Keep the user's commits reachable, then make HEAD the canonical pin + series.
     git.run(["update-ref", f"refs/stackforge/exported/{head}", head], dest)
     tree = git.out(["rev-parse", "HEAD^{tree}"], dest)
-    state = read_state(dest)
-    if state is not None:
-        state.phase = "failed"  # forces the re-apply below; HEAD is the user's, already saved
-        state.head = head
-        from stackforge.sources.checkouts import write_state
-
-        write_state(dest, state)
-    result = checkouts.sync(src, force=True)
+    state = read_state(dest) or State(url=redact_url(src.url), pin=src.commit)
+    state.phase = "failed"  # forces the re-apply below; HEAD is the user's, already saved
+    state.head = head
+    write_state(dest, state)
+    result = checkouts._sync_locked(src, force=True, dry_run=False)
     new_tree = git.out(["rev-parse", "HEAD^{tree}"], dest)
     if new_tree != tree:
         raise Failure(
@@ -155,6 +166,31 @@ def export_series(ws: Workspace, name: str, *, dry_run: bool = False) -> list[Pa
         f"exported {len(written)} patch(es) to patches/{name}/; sources/{name} HEAD is now {result.head[:12]}"
     )
     return written
+
+
+def _refuse_uncarried(dest: Path, git: Git, name: str, head: str, old: list[Path]) -> None:
+    """Fail, saying what differs, unless the checkout was built from exactly the series on disk."""
+    state = read_state(dest)
+    if state is None:
+        problems = [f"sources/{name} has no record of the series it was built with (.git/{STATE_FILE})"]
+    elif state.phase != "done":
+        at = f" ({state.failed_patch} did not apply)" if state.failed_patch else ""
+        problems = [f"sources/{name} does not carry the series: its last update stopped{at}"]
+    else:
+        problems = describe_change(state.series, series_digest(old))
+        if not problems and state.head and not _is_ancestor(dest, git, state.head, head):
+            problems = [f"HEAD of sources/{name} no longer contains the series it was built with"]
+    if problems:
+        raise Failure(
+            f"patches/{name}/ is not what sources/{name} carries; exporting would rewrite its "
+            f"{len(old)} patch(es) from a different base:\n  " + "\n  ".join(problems),
+            hint=f"run `stackforge clone {name}` to rebuild the checkout from the series on disk, or "
+            f"re-run with --force to replace the series anyway (the old one is backed up)",
+        )
+
+
+def _is_ancestor(dest: Path, git: Git, older: str, newer: str) -> bool:
+    return git.run(["merge-base", "--is-ancestor", older, newer], dest, check=False, echo=False).ok
 
 
 # --- CLI -------------------------------------------------------------------------------------

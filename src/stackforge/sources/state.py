@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 
+from stackforge.core.console import Failure
+from stackforge.core.git import Git
 from stackforge.core.workspace import Workspace
 from stackforge.spec.manifest import Source
 
@@ -17,19 +18,30 @@ class SourceState:
     problem: str = ""
 
 
-def source_state(ws: Workspace, src: Source) -> SourceState:
-    from stackforge.sources.checkouts import Checkouts, patched_tree
+def patched_tree(ws: Workspace, src: Source) -> str:
+    """The git tree hash of the patched checkout, for cache keys; fails unless up to date."""
+    status = _checkouts(ws, quiet=True).status(src)
+    if not status.up_to_date or status.dirty:
+        state = "has uncommitted changes" if status.dirty else status.state
+        raise Failure(
+            f"sources/{src.name} is not the pinned, patched tree ({state})",
+            hint=f"run `stackforge clone {src.name}`",
+        )
+    return Git(quiet=True).out(["rev-parse", "HEAD^{tree}"], ws.checkout(src.name))
 
-    status = Checkouts(ws, quiet=True).status(src)
+
+def _checkouts(ws: Workspace, **kw: bool):
+    from stackforge.sources.checkouts import Checkouts
+
+    return Checkouts(ws, **kw)
+
+
+def source_state(ws: Workspace, src: Source) -> SourceState:
+    status = _checkouts(ws, quiet=True).status(src)
     if not status.up_to_date or status.dirty:
         what = "has uncommitted changes" if status.dirty else status.state
         return SourceState(src.name, None, 0, what)
     tree = patched_tree(ws, src)
-    epoch = subprocess.run(
-        ["git", "log", "-1", "--format=%ct", "HEAD"],
-        cwd=ws.checkout(src.name),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    # through the one git runner: same environment as every other git command
+    epoch = Git(quiet=True).out(["log", "-1", "--format=%ct", "HEAD"], ws.checkout(src.name))
     return SourceState(src.name, tree, int(epoch))

@@ -85,6 +85,15 @@ def parse_line(path: Path, lineno: int, raw: str) -> Source | None:
         raise _fail(path, lineno, f"bad name {name!r}", hint="use letters, digits, '.', '_' and '-'")
     if "=" in url:
         raise _fail(path, lineno, f"the second field must be the git URL, got {url!r}")
+    if _SHA.fullmatch(commit.lower()) and commit != commit.lower():
+        raise _fail(path, lineno, f"{commit!r}: write the commit SHA in lower case", hint=commit.lower())
+    if re.fullmatch(r"[0-9a-fA-F]{4,39}", commit):
+        raise _fail(
+            path,
+            lineno,
+            f"{commit!r} is a short commit SHA; a pin must be the full 40-hex SHA",
+            hint=f"in a clone of {url}: git rev-parse {commit}  and put the full SHA here",
+        )
     if not _SHA.fullmatch(commit):
         raise _fail(
             path,
@@ -124,12 +133,27 @@ def parse_line(path: Path, lineno: int, raw: str) -> Source | None:
     )
 
 
+def _lines(path: Path) -> list[str]:
+    """The file's lines; a BOM or bytes that are not UTF-8 are a file:line error."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise _fail(path, 1, "starts with a byte-order mark (BOM)", hint="save it as UTF-8 without a BOM")
+    lines = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise _fail(path, lineno, f"byte {exc.start + 1} is not UTF-8", hint="save it as UTF-8") from None
+    # Split on \n only, so line numbers are what an editor shows (no \x0b, \u2028 line breaks).
+    return [ln.removesuffix("\r") for ln in lines]
+
+
 def load_manifest(path: Path) -> Manifest:
     if not path.is_file():
         raise UsageError(f"{path}: file not found", hint="create it, or run inside a stackforge workspace")
     sources: list[Source] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(_lines(path), start=1):
         src = parse_line(path, lineno, raw)
         if src is None:
             continue
