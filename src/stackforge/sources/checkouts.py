@@ -144,7 +144,7 @@ class Checkouts:
 
     def lock(self, name: str):
         """The per-source lock every command that changes sources/<name> or patches/<name> holds."""
-        return waiting_lock(self.ws.state / "locks" / f"{name}.lock")
+        return waiting_lock(self.ws.state / "locks" / f"{name}.lock", f"working on sources/{name}")
 
     def sync(self, src: Source, *, force: bool = False, dry_run: bool = False) -> SyncResult:
         self.ws.sources.mkdir(parents=True, exist_ok=True)
