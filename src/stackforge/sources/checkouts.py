@@ -48,7 +48,9 @@ class State:
     pin: str
     series: list[dict[str, str]] = field(default_factory=list)
     head: str = ""
-    phase: str = "done"  # "applying" while git am runs; "failed" after a patch did not apply
+    # "applying" while git am runs; "failed" after a patch did not apply; "exported" while an export
+    # rebuilds the checkout from the series it just wrote
+    phase: str = "done"
     failed_patch: str | None = None
 
 
@@ -184,7 +186,9 @@ class Checkouts:
             note = " (uncommitted changes present, left alone)" if dirty else ""
             return SyncResult(src.name, "up-to-date", head, f"{src.short} + {len(series)} patch(es){note}")
         expected = state.head if state else src.commit
-        extra = head != expected
+        # after an export the series on disk holds the user's commits (kept under
+        # refs/stackforge/exported/ too): the checkout is rebuilt from it, whatever HEAD is now
+        extra = head != expected and not (state and state.phase == "exported")
         if verdict == "extra-commits" and not force:
             n = (
                 git.out(["rev-list", "--count", f"{src.commit}..HEAD"], dest)
@@ -355,7 +359,7 @@ def _has(dest: Path, git: Git, commit: str) -> bool:
 def _verdict(src: Source, state: State | None, head: str, series: list[Path]) -> str:
     if state is None:
         return "up-to-date" if head == src.commit and not series else "unknown"
-    if state.phase == "failed":
+    if state.phase in ("failed", "exported"):
         return "failed"
     if state.pin != src.commit:
         return "pin-changed"

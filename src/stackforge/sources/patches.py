@@ -152,7 +152,7 @@ def _export(ws: Workspace, checkouts: Checkouts, src: Source, *, dry_run: bool, 
     git.run(["update-ref", f"refs/stackforge/exported/{head}", head], dest)
     tree = git.out(["rev-parse", "HEAD^{tree}"], dest)
     state = read_state(dest) or State(url=redact_url(src.url), pin=src.commit)
-    state.phase = "failed"  # forces the re-apply below; HEAD is the user's, already saved
+    state.phase = "exported"  # forces the re-apply below; HEAD is the user's, saved and in the series
     state.head = head
     write_state(dest, state)
     result = checkouts._sync_locked(src, force=True, dry_run=False)
