@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stackforge.core.console import Failure, err, escape, info
 from stackforge.core.files import atomic_write, waiting_lock
@@ -371,17 +372,11 @@ def _verdict(src: Source, state: State | None, head: str, series: list[Path]) ->
 
 
 def sync(
-    ws: Workspace,
-    manifest: Manifest,
-    names: list[str] | None = None,
-    *,
-    mirror: str | None = None,
-    force: bool = False,
-    dry_run: bool = False,
-    quiet: bool = False,
+    ws: Workspace, manifest: Manifest, names: list[str] | None = None, **options: Any
 ) -> list[SyncResult]:
-    """Bring the named checkouts (default: all) to pin + series; stops at the first failure."""
-    return list(sync_each(ws, manifest, names, mirror=mirror, force=force, dry_run=dry_run, quiet=quiet))
+    """Bring the named checkouts (default: all) to pin + series; stops at the first failure.
+    `options` are sync_each's (mirror, force, dry_run, quiet)."""
+    return list(sync_each(ws, manifest, names, **options))
 
 
 def sync_each(
