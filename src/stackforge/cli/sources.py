@@ -153,7 +153,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace, report: dict) -> int:
     from stackforge.core.git import Git
     from stackforge.core.workspace import find_workspace
-    from stackforge.sources.checkouts import _has, series_files
+    from stackforge.sources.checkouts import has_commit, series_files
     from stackforge.sources.patches import check_series
     from stackforge.spec.manifest import load_manifest
 
@@ -167,7 +167,7 @@ def _check(args: argparse.Namespace, report: dict) -> int:
             raise UsageError(f"sources/{name} is not cloned", hint=f"run `stackforge clone {name}` first")
         git = Git(ws.state / "logs" / f"sources-{name}.log", quiet=args.json)
         rev = args.rev or src.commit
-        if not _has(dest, git, rev):
+        if not has_commit(dest, git, rev):
             git.network(["fetch", "--filter=blob:none", "origin", rev], dest, what=f"fetching {rev}")
         base = git.out(["rev-parse", "--verify", f"{rev}^{{commit}}"], dest)
         results = check_series(dest, base, series_files(ws, name), git)

@@ -193,7 +193,7 @@ class Checkouts:
         if verdict == "extra-commits" and not force:
             n = (
                 git.out(["rev-list", "--count", f"{src.commit}..HEAD"], dest)
-                if _has(dest, git, src.commit)
+                if has_commit(dest, git, src.commit)
                 else "?"
             )
             return SyncResult(
@@ -243,7 +243,7 @@ class Checkouts:
 
     def _save_untracked(self, src: Source, dest: Path, git: Git, series: list[Path]) -> None:
         """Move aside untracked files the pin's tree or the series would overwrite (never lose them)."""
-        if not _has(dest, git, src.commit):
+        if not has_commit(dest, git, src.commit):
             return  # fetched by _checkout_pin; then only the series' files can collide
         from stackforge.sources.patches import _touched
 
@@ -254,7 +254,7 @@ class Checkouts:
         url = self.url(src)
         if git.out(["remote", "get-url", "origin"], dest) != url:
             git.run(["remote", "set-url", "origin", url], dest)
-        if not _has(dest, git, src.commit):
+        if not has_commit(dest, git, src.commit):
             try:
                 git.network(
                     ["fetch", "--filter=blob:none", "--progress", "origin", src.commit],
@@ -264,7 +264,7 @@ class Checkouts:
             except Failure:
                 if not git.run(["ls-remote", "--heads", "origin"], dest, check=False, echo=False).ok:
                     raise  # the remote itself is unreachable: that is the error to report
-        if not _has(dest, git, src.commit):
+        if not has_commit(dest, git, src.commit):
             raise Failure(
                 f"{src.name}: commit {src.commit} is not in {redact_url(url)} (git-repos.txt:{src.line})",
                 hint="check the SHA: `git ls-remote URL` lists what the remote has",
@@ -353,7 +353,7 @@ class Checkouts:
         return refs
 
 
-def _has(dest: Path, git: Git, commit: str) -> bool:
+def has_commit(dest: Path, git: Git, commit: str) -> bool:
     return git.run(["cat-file", "-e", f"{commit}^{{commit}}"], dest, check=False, echo=False).ok
 
 

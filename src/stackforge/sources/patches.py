@@ -16,7 +16,7 @@ from pathlib import Path
 from stackforge.core.console import Failure, UsageError, info, warn
 from stackforge.core.git import HERMETIC, Git, redact_url
 from stackforge.core.workspace import Workspace
-from stackforge.sources.checkouts import STATE_FILE, Checkouts, State, _has, read_state, write_state
+from stackforge.sources.checkouts import STATE_FILE, Checkouts, State, has_commit, read_state, write_state
 from stackforge.sources.series import (
     clean_leftovers,
     describe_change,
@@ -111,7 +111,7 @@ def _export(ws: Workspace, checkouts: Checkouts, src: Source, *, dry_run: bool, 
             f"sources/{name} has uncommitted changes", hint="commit them (they become patches) and run again"
         )
     if (
-        not _has(dest, git, src.commit)
+        not has_commit(dest, git, src.commit)
         or git.run(["merge-base", "--is-ancestor", src.commit, "HEAD"], dest, check=False).returncode
     ):
         raise Failure(

@@ -11,7 +11,6 @@ Every fault is reported as `file:line: what is wrong`.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +60,6 @@ class Manifest:
 
     def select(self, names: list[str] | None) -> list[Source]:
         return list(self.sources) if not names else [self.get(n) for n in names]
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
 def _fail(path: Path, lineno: int, message: str, hint: str | None = None) -> UsageError:
