@@ -106,3 +106,13 @@ def test_verify_reproducible_names_the_differing_files(
 def test_verify_reproducible_needs_a_build_first(mini: MiniWs, capsys: pytest.CaptureFixture[str]) -> None:
     assert mini.run("verify", "reproducible", "-e", "pascal") == 1
     assert "not built yet for pascal" in capsys.readouterr().err
+
+
+@pytest.mark.build
+def test_verify_reproducible_json_is_json_alone(built: MiniWs, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json: stdout is one JSON document, nothing else (the human lines went there too before)."""
+    import json
+
+    assert built.run("verify", "reproducible", "-e", "pascal", "mini-torch", "--json") == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["package"] == "mini-torch" and result["identical"] is True
