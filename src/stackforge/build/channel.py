@@ -13,7 +13,6 @@ solver can pick it), and moved back if its inputs come back.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 from pathlib import Path
@@ -83,12 +82,25 @@ def index(channel: Path) -> None:
         asyncio.run(result)
 
 
-def _unreadable(repodata: Path) -> bool:
+def _records(channel: Path, repodata: Path) -> list:
+    """The records of one subdir's index, read by rattler; none when it is empty or cut (a full
+    disk, a kill): the caller re-indexes."""
+    import rattler
+
     try:
-        json.loads(repodata.read_text())
-    except FileNotFoundError:
+        return rattler.RepoData.from_path(repodata).into_repo_data(rattler.Channel(str(channel)))
+    except Exception:  # rattler's parse error: the file is not a whole repodata.json
+        return []
+
+
+def _unreadable(repodata: Path) -> bool:
+    if not repodata.is_file():
         return False
-    except ValueError:
+    import rattler
+
+    try:
+        rattler.RepoData.from_path(repodata)
+    except Exception:
         return True
     return False
 
@@ -112,12 +124,7 @@ def indexed_files(channel: Path) -> set[str]:
     for sub in SUBDIRS:
         repodata = channel / sub / "repodata.json"
         if repodata.is_file():
-            try:
-                data = json.loads(repodata.read_text())
-            except ValueError:  # empty or truncated (a full disk, a kill): the caller re-indexes
-                continue
-            names.update(data.get("packages.conda", {}))
-            names.update(data.get("packages", {}))
+            names.update(r.file_name for r in _records(channel, repodata))
     return names
 
 
