@@ -197,16 +197,30 @@ def _attention_inputs(record: dict, torch: Any) -> dict[str, Any]:
     return t
 
 
-def _attend(q: Any, k: Any, v: Any, scale: float, offset: int | None, torch: Any) -> Any:
+def _attend(
+    q: Any,
+    k: Any,
+    v: Any,
+    scale: float,
+    offset: int | None,
+    torch: Any,
+    softcap: float = 0.0,
+    window: int = 0,
+) -> Any:
     """softmax(q k^T * scale) v in float64 with GQA; causal when `offset` is given: query i sees the
-    keys up to offset + i (the cached context comes first)."""
+    keys up to offset + i (the cached context comes first). `softcap` > 0 caps the scores as Gemma
+    does (softcap * tanh(s / softcap)); `window` > 0 keeps the last `window` keys of each query."""
     rep = q.shape[1] // k.shape[1]
     k, v = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
     s = torch.einsum("qhd,khd->hqk", q.double(), k) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
     if offset is not None:
         i = torch.arange(q.shape[0], device="cuda")[:, None]
         j = torch.arange(k.shape[0], device="cuda")[None, :]
         s = s.masked_fill(j > offset + i, -math.inf)
+        if window > 0:
+            s = s.masked_fill(offset + i - j >= window, -math.inf)
     return torch.einsum("hqk,khd->qhd", s.softmax(-1), v)
 
 
@@ -215,6 +229,7 @@ def check_unified_attention(record: dict, run: Callable[[dict], None], torch: An
     KV-cache layout and a shuffled block table: causal attention of each sequence's new tokens over
     its whole cached sequence, against a float64 reference on the same fp16 inputs."""
     sc = record["shape"]
+    softcap, window = _softcap_and_window(record)
     t = _attention_inputs(record, torch)
     run(t)
     q, out, bt = (_role(record, t, r) for r in ("query", "output", "block_table"))
@@ -225,9 +240,19 @@ def check_unified_attention(record: dict, run: Callable[[dict], None], torch: An
         blocks = bt[s, : math.ceil(slen / bs)].long()
         k = kc[blocks].reshape(-1, hk, hd)[:slen]
         v = vc[blocks].reshape(-1, hk, hd)[:slen]
-        refs.append(_attend(q[start : start + qlen], k, v, sc["sm_scale"], slen - qlen, torch))
+        refs.append(
+            _attend(q[start : start + qlen], k, v, sc["sm_scale"], slen - qlen, torch, softcap, window)
+        )
         start += qlen
     return out, torch.cat(refs), ""
+
+
+def _softcap_and_window(record: dict) -> tuple[float, int]:
+    """The score cap and sliding window the record's (first) launch was compiled with."""
+    launch = record["launches"][0]
+    consts = launch.get("constexprs", {})
+    cap = next((a.get("value", 0.0) for a in launch.get("args", []) if a.get("name") == "softcap"), 0.0)
+    return (float(cap) if consts.get("USE_SOFTCAP") else 0.0), int(consts.get("SLIDING_WINDOW") or 0)
 
 
 def check_prefix_prefill(record: dict, run: Callable[[dict], None], torch: Any) -> tuple[Any, Any, str]:
