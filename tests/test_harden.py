@@ -11,7 +11,8 @@ from gitfixtures import git
 from stackforge.core.console import Failure, UsageError, echo_command, info, warn
 from stackforge.core.git import Git, redact_url
 from stackforge.core.workspace import Workspace
-from stackforge.sources.checkouts import read_state, series_files, sync
+from stackforge.sources.checkouts import series_files, sync
+from stackforge.sources.state import read_state
 from stackforge.spec.manifest import load_manifest
 
 

@@ -12,7 +12,8 @@ import pytest
 from gitfixtures import git, make_patch
 
 from stackforge.core.workspace import Workspace
-from stackforge.sources.checkouts import read_state, sync
+from stackforge.sources.checkouts import sync
+from stackforge.sources.state import read_state
 from stackforge.spec.manifest import load_manifest
 
 

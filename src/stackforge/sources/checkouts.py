@@ -9,22 +9,21 @@ running it again. What was applied is recorded in `.git/stackforge.json`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stackforge.core.console import Failure, err, escape, info
-from stackforge.core.files import atomic_write, waiting_lock
+from stackforge.core.files import waiting_lock
 from stackforge.core.git import HERMETIC, Git, redact_url
 from stackforge.core.workspace import Workspace
 from stackforge.sources.conflict import conflict_message, failed_patch
 from stackforge.sources.series import refuse_orphans, series_digest, series_files
-from stackforge.sources.state import patched_tree
+from stackforge.sources.state import State, patched_tree, read_state, write_state
 from stackforge.sources.untracked import colliding_untracked, save_untracked
 from stackforge.spec.manifest import Manifest, Source
 
@@ -34,43 +33,10 @@ __all__ = [
     "series_files",
 ]  # re-exported: callers outside read the series here
 
-STATE_FILE = "stackforge.json"
 BACKUP_PREFIX = "refs/stackforge/backup"
 
 
 # --- recorded state --------------------------------------------------------------------------
-
-
-@dataclass
-class State:
-    """What stackforge last did to a checkout (lives in .git/stackforge.json)."""
-
-    url: str
-    pin: str
-    series: list[dict[str, str]] = field(default_factory=list)
-    head: str = ""
-    # "applying" while git am runs; "failed" after a patch did not apply; "exported" while an export
-    # rebuilds the checkout from the series it just wrote
-    phase: str = "done"
-    failed_patch: str | None = None
-
-
-def _state_path(dest: Path) -> Path:
-    return dest / ".git" / STATE_FILE
-
-
-def read_state(dest: Path) -> State | None:
-    path = _state_path(dest)
-    if not path.is_file():
-        return None
-    try:
-        return State(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
-        return None  # unreadable: treated like a checkout stackforge did not make
-
-
-def write_state(dest: Path, state: State) -> None:
-    atomic_write(_state_path(dest), json.dumps(asdict(state), indent=2, sort_keys=True) + "\n")
 
 
 # --- results ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from stackforge.core.console import Failure, UsageError, info, warn
 from stackforge.core.git import HERMETIC, Git, redact_url
 from stackforge.core.workspace import Workspace
-from stackforge.sources.checkouts import STATE_FILE, Checkouts, State, has_commit, read_state, write_state
+from stackforge.sources.checkouts import Checkouts, has_commit
 from stackforge.sources.series import (
     clean_leftovers,
     describe_change,
@@ -24,6 +24,7 @@ from stackforge.sources.series import (
     series_digest,
     series_files,
 )
+from stackforge.sources.state import STATE_FILE, State, read_state, write_state
 from stackforge.spec.manifest import Source, load_manifest
 
 # --zero-commit and -N keep a patch's bytes independent of the commit SHA and of the series
