@@ -164,15 +164,7 @@ class Handler:
 
         key = (vllm_src, arch)
         if key not in self.modules:
-            loaded: dict[str, Any] = {}
-            loader = KernelLoader(Path(vllm_src), arch)
-            with loader.active():  # import every module first: compiles run with the stand-ins gone
-                for name in names:
-                    try:
-                        loaded[name] = loader.load(name)
-                    except Exception as exc:
-                        loaded[name] = exc
-            self.modules[key] = loaded
+            self.modules[key] = KernelLoader(Path(vllm_src), arch).load_all(names)
         return self.modules[key]
 
     def __call__(self, req: dict) -> Iterator[dict]:

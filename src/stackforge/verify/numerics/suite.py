@@ -146,13 +146,7 @@ def _modules(items: list[Item], vllm: Path | None, arch: int) -> dict[str, Any]:
     if vllm_names:
         if vllm is None:
             raise ValueError("vLLM kernels need a vLLM tree")
-        loader = KernelLoader(vllm, arch)
-        with loader.active():  # import every module first: compiles run with the stand-ins gone
-            for name in vllm_names:
-                try:
-                    modules[name] = loader.load(name)
-                except Exception as exc:
-                    modules[name] = exc
+        modules.update(KernelLoader(vllm, arch).load_all(vllm_names))
     return modules
 
 
