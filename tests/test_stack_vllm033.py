@@ -20,8 +20,9 @@ import pytest
 import upstreamhelpers
 from conftest import online
 from upstreamhelpers import (
-    FALLBACK,
     TORCH,
+    assert_fp16_fallback,
+    gemma3_dtype_and_bf16_kept_from_8_0,
     method,
     resolve_dtype,
     run_arch_logic,
@@ -142,26 +143,13 @@ def test_bf16_runs_in_fp16_below_8_0_with_one_warning(
     capability: tuple[int, int], requested: str, repos: Callable[[str, bool], Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    dtype, messages = resolve_dtype(
-        monkeypatch, repos("vllm", True), CudaGpu(capability, "Tesla P40"), requested, TORCH.bfloat16
-    )
-    assert dtype is TORCH.float16
-    version = "{}.{}".format(*capability)
-    assert messages == [("WARNING", FALLBACK.format(version, "torch.float16") + " for compatibility.")]
+    assert_fp16_fallback(monkeypatch, repos("vllm", True), capability, requested, CudaGpu)
 
 
 def test_bf16_kept_from_8_0_fp32_for_gemma3_and_unpatched_keeps_bf16(
     repos: Callable[[str, bool], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tree = repos("vllm", True)
-    for requested in ("auto", "bfloat16"):
-        assert resolve_dtype(monkeypatch, tree, CudaGpu((8, 0), "A100"), requested, TORCH.bfloat16) == (
-            TORCH.bfloat16,
-            [],
-        )
-    dtype, _ = resolve_dtype(
-        monkeypatch, tree, CudaGpu((6, 1), "Tesla P40"), "bfloat16", TORCH.bfloat16, "gemma3"
-    )
+    dtype, _ = gemma3_dtype_and_bf16_kept_from_8_0(monkeypatch, repos("vllm", True), CudaGpu)
     assert dtype is TORCH.float32
     unpatched = resolve_dtype(
         monkeypatch, repos("vllm", False), CudaGpu((6, 1), "Tesla P40"), "bfloat16", TORCH.bfloat16

@@ -21,7 +21,9 @@ from upstreamhelpers import (
     FALLBACK,
     TORCH,
     CudaGpu,
+    assert_fp16_fallback,
     device_capability,
+    gemma3_dtype_and_bf16_kept_from_8_0,
     load_defs,
     method,
     nested_function,
@@ -157,26 +159,13 @@ def test_bf16_runs_in_fp16_below_8_0_with_one_warning(
     repos: Callable[[str, bool], Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    dtype, messages = resolve_dtype(
-        monkeypatch, repos("vllm", True), CudaGpu(capability, "Tesla P40"), requested, TORCH.bfloat16
-    )
-    assert dtype is TORCH.float16
-    version = "{}.{}".format(*capability)
-    assert messages == [("WARNING", FALLBACK.format(version, "torch.float16") + " for compatibility.")]
+    assert_fp16_fallback(monkeypatch, repos("vllm", True), capability, requested)
 
 
 def test_bf16_is_kept_from_8_0_and_fp16_models_fall_back_to_fp32(
     repos: Callable[[str, bool], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tree = repos("vllm", True)
-    for requested in ("auto", "bfloat16"):
-        assert resolve_dtype(monkeypatch, tree, CudaGpu((8, 0), "A100"), requested, TORCH.bfloat16) == (
-            TORCH.bfloat16,
-            [],
-        )
-    dtype, messages = resolve_dtype(
-        monkeypatch, tree, CudaGpu((6, 1), "Tesla P40"), "bfloat16", TORCH.bfloat16, "gemma3"
-    )
+    dtype, messages = gemma3_dtype_and_bf16_kept_from_8_0(monkeypatch, repos("vllm", True))
     assert dtype is TORCH.float32  # vLLM refuses float16 for gemma3
     assert messages[0] == ("WARNING", FALLBACK.format("6.1", "torch.float32") + " for compatibility.")
 

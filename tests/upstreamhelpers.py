@@ -233,3 +233,29 @@ def scheduler_bound(tree: Path) -> int:
     ]
     assert len(bounds) == 1, bounds
     return bounds[0]
+
+
+def assert_fp16_fallback(
+    monkeypatch: Any, tree: Path, capability: tuple[int, int], requested: str, gpu: type = CudaGpu
+) -> None:
+    """A bf16 (or auto) request on a GPU below 8.0 runs in float16, with exactly one warning. `gpu`:
+    the platform stand-in for the release under test."""
+    dtype, messages = resolve_dtype(
+        monkeypatch, tree, gpu(capability, "Tesla P40"), requested, TORCH.bfloat16
+    )
+    assert dtype is TORCH.float16
+    version = "{}.{}".format(*capability)
+    assert messages == [("WARNING", FALLBACK.format(version, "torch.float16") + " for compatibility.")]
+
+
+def gemma3_dtype_and_bf16_kept_from_8_0(
+    monkeypatch: Any, tree: Path, gpu: type = CudaGpu
+) -> tuple[Any, list]:
+    """Asserts bf16 (auto or explicit) stays bf16 on an 8.0 GPU; returns what an explicit bf16 request
+    for gemma3 (a family vLLM refuses to run in float16) becomes on a P40, with its messages."""
+    for requested in ("auto", "bfloat16"):
+        kept = resolve_dtype(monkeypatch, tree, gpu((8, 0), "A100"), requested, TORCH.bfloat16)
+        assert kept == (TORCH.bfloat16, [])
+    return resolve_dtype(
+        monkeypatch, tree, CudaGpu((6, 1), "Tesla P40"), "bfloat16", TORCH.bfloat16, "gemma3"
+    )
