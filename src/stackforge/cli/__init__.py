@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except StackforgeError as exc:
-        return _failed(args, exc.render(), exc.message, exc.hint, exc.exit_code)
+        return _failed(args, exc.render(), exc.message, exc.hint, exc.exit_code, exc.results)
     except OSError as exc:  # a fault of the environment (disk full, read-only, missing tool): no traceback
         message = f"{exc.filename}: " * bool(exc.filename) + (exc.strerror or str(exc))
         hint = "fix the path or the machine (space, permissions, PATH) and run the same command again"
@@ -112,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["STACKFORGE_STACK"] = before
 
 
-def _failed(args: argparse.Namespace, text: str, message: str, hint: str | None, code: int) -> int:
+def _failed(
+    args: argparse.Namespace, text: str, message: str, hint: str | None, code: int, results: object = None
+) -> int:
     err.print(f"[red]error:[/red] {escape(text)}")
     if getattr(args, "json", False) and not json_printed():  # a script reads stdout: JSON, always
-        print_json({"ok": False, "error": message, "hint": hint, "exit_code": code})
+        answer = {"ok": False, "error": message, "hint": hint, "exit_code": code}
+        print_json(answer if results is None else {**answer, "results": results})
     return code
 
 

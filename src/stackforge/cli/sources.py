@@ -16,11 +16,6 @@ EXIT_CODES = (
 )
 
 
-def _json_failure(exc: StackforgeError, results: object) -> None:
-    """With --json, stdout stays valid JSON even when the command fails."""
-    print_json({"error": exc.render(), "exit_code": exc.exit_code, "results": results})
-
-
 def _mirror_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mirror",
@@ -50,8 +45,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
                 line = f"{r.name:<16} {r.head[:12]:<12} {r.detail}"
                 err.print(f"[{colour}]{r.action:>12}[/{colour}]  {escape(line)}")
     except StackforgeError as exc:
-        if args.json:
-            _json_failure(exc, [asdict(r) for r in results])
+        exc.results = [asdict(r) for r in results]  # main prints them with --json
         raise
     if args.json:
         print_json([asdict(r) for r in results])
@@ -65,15 +59,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from stackforge.sources.checkouts import Checkouts
     from stackforge.spec.manifest import load_manifest
 
-    try:
-        ws = find_workspace(args.root)
-        manifest = load_manifest(ws.manifest)
-        checkouts = Checkouts(ws, quiet=True)
-        rows = [checkouts.status(src) for src in manifest.sources]
-    except StackforgeError as exc:
-        if args.json:
-            _json_failure(exc, [])
-        raise
+    ws = find_workspace(args.root)
+    manifest = load_manifest(ws.manifest)
+    checkouts = Checkouts(ws, quiet=True)
+    rows = [checkouts.status(src) for src in manifest.sources]
     if not args.json:
         from stackforge.spec.stack import describe
 
@@ -128,13 +117,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
     from stackforge.sources.patches import export_series
 
-    try:
-        ws = find_workspace(args.root)
-        written = export_series(ws, args.name, dry_run=args.dry_run, force=args.force)
-    except StackforgeError as exc:
-        if args.json:
-            _json_failure(exc, [])
-        raise
+    ws = find_workspace(args.root)
+    written = export_series(ws, args.name, dry_run=args.dry_run, force=args.force)
     if args.json:
         print_json([str(p.relative_to(ws.root)) for p in written])
     return 0
@@ -145,8 +129,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     try:
         return _check(args, report)
     except StackforgeError as exc:
-        if args.json:
-            _json_failure(exc, report)
+        exc.results = report  # main prints it with --json
         raise
 
 

@@ -34,6 +34,7 @@ class StackforgeError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.results: object = None  # what a --json command had done before it failed
 
     def render(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  what to do: {self.hint}"
