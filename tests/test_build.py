@@ -211,7 +211,7 @@ def test_build_string_must_follow_the_scheme(mini: MiniWs) -> None:
     with pytest.raises(UsageError, match="renders build string"):
         from stackforge.build.builder import _render_for_build
 
-        _render_for_build(mini.ws, mini.plan(), item)
+        _render_for_build(mini.ws, mini.plan(), item, mini.root / "staging")
     env = load_env(mini.ws, "volta")
     assert expected_build_string(env, "1a2b3c4d" + "0" * 56, 2) == "cuda129_sm70_h1a2b3c4d_2"
 

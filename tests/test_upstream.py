@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from stackforge.core.console import Failure
-from stackforge.verify.kernels import overlay as triton_overlay
+from stackforge.spec import layout
 from stackforge.verify.upstream import pypi as upstream
 from stackforge.verify.upstream import repos
 
@@ -288,22 +288,18 @@ def test_sdist_with_a_wrong_digest_is_refused(
 
 
 def test_path_map_both_ways() -> None:
-    assert triton_overlay.repo_to_wheel("pytorch", "torch/utils/_triton.py") == "torch/utils/_triton.py"
-    assert triton_overlay.repo_to_wheel("triton", "third_party/nvidia/backend/compiler.py") == (
+    assert layout.repo_to_wheel("pytorch", "torch/utils/_triton.py") == "torch/utils/_triton.py"
+    assert layout.repo_to_wheel("triton", "third_party/nvidia/backend/compiler.py") == (
         "triton/backends/nvidia/compiler.py"
     )
-    assert (
-        triton_overlay.repo_to_wheel("triton", "python/triton/language/core.py") == "triton/language/core.py"
-    )
-    assert triton_overlay.repo_to_wheel("triton", "lib/Dialect/TritonGPU/IR/Ops.cpp") is None  # C++: no copy
-    assert triton_overlay.wheel_to_repo("triton", "triton/backends/nvidia/driver.py") == (
+    assert layout.repo_to_wheel("triton", "python/triton/language/core.py") == "triton/language/core.py"
+    assert layout.repo_to_wheel("triton", "lib/Dialect/TritonGPU/IR/Ops.cpp") is None  # C++: no copy
+    assert layout.wheel_to_repo("triton", "triton/backends/nvidia/driver.py") == (
         "third_party/nvidia/backend/driver.py"
     )
-    assert triton_overlay.wheel_to_repo("triton", "triton/runtime/jit.py") == "python/triton/runtime/jit.py"
+    assert layout.wheel_to_repo("triton", "triton/runtime/jit.py") == "python/triton/runtime/jit.py"
     for path in ("third_party/amd/backend/compiler.py", "python/triton/compiler/compiler.py"):
-        assert (
-            triton_overlay.wheel_to_repo("triton", triton_overlay.repo_to_wheel("triton", path) or "") == path
-        )
+        assert layout.wheel_to_repo("triton", layout.repo_to_wheel("triton", path) or "") == path
 
 
 def _patch(tmp_path: Path, name: str, body: str) -> Path:

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,14 +28,12 @@ from stackforge.build.plan import (
     PlanItem,
     _records_dir,
     build_root,
-    exclude_newer,
-    extra_channels,
-    make_plan,
 )
 from stackforge.build.repack import (
     normalize_package,
     path_replacements,
 )
+from stackforge.build.variant import exclude_newer, extra_channels
 from stackforge.core.console import Failure, UsageError, err
 from stackforge.core.files import atomic_write, sha256_file, waiting_lock
 from stackforge.core.workspace import Workspace
@@ -88,22 +87,32 @@ class _LogSink:
         self.fh.close()
 
 
-def _render_for_build(ws: Workspace, plan: Plan, item: PlanItem) -> object:
+def _render_for_build(ws: Workspace, plan: Plan, item: PlanItem, staging: Path) -> object:
     import rattler_build as rb
 
+    recipe_file = item.recipe.file
     ctx = plan.context()
+    if item.method.kind == "derived":
+        from stackforge.build.derive import prepare
+
+        assert item.method.derive is not None and item.method.pins is not None
+        prepared = prepare(ws, item.method.derive, item.method.pins, staging / "derive")
+        recipe_file = prepared.recipe / "recipe.yaml"
+        ctx["stackforge_derived_name"] = item.name
+        ctx["stackforge_derived_version"] = item.version
+        ctx["stackforge_derived_payload"] = str(prepared.payload)
     ctx["stackforge_input_hash"] = item.key[:8]
     ctx["stackforge_build_string"] = item.build_string
     ctx["stackforge_source_env"] = item.source_env
     ctx["stackforge_source_date_epoch"] = item.epoch
-    stage0 = rb.Stage0Recipe.from_file(item.recipe.file)
+    stage0 = rb.Stage0Recipe.from_file(recipe_file)
     variant = stage0.render(
         rb.VariantConfig.from_file(plan.env.variant_file), rb.RenderConfig(extra_context=ctx)
     )[0]
     rendered = str(variant.recipe.build.string)
     if rendered != item.build_string:
         raise UsageError(
-            f"{item.recipe.file}: renders build string {rendered!r}, stackforge expects {item.build_string!r}",
+            f"{recipe_file}: renders build string {rendered!r}, stackforge expects {item.build_string!r}",
             hint="use `build: string: ${{ stackforge_build_string }}` (see docs/building.md)",
         )
     return variant
@@ -151,7 +160,7 @@ def build_package(
         with waiting_lock(root / f"{item.name}.lock", f"building {item.name} in {root}"):
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            variant = _render_for_build(ws, plan, item)
+            variant = _render_for_build(ws, plan, item, staging)
             os.environ[buildenv.SECRET] = buildenv.secret_value(jobs, cache_env)
             os.environ["PATH"] = buildenv.tool_path()
             channels = [channel.channel_url(ws.output), *extra_channels(env)]
@@ -213,9 +222,26 @@ class Outcome:
     seconds: float
 
 
-def run_plan(ws: Workspace, plan: Plan, *, presolve: bool = True) -> list[Outcome]:
+InputCheck = Callable[[PlanItem, list[tuple[str, Path]]], None]
+
+
+def check_derived_inputs(item: PlanItem, check: InputCheck | None) -> None:
+    """Fetch a derived package's input and audited natives (sha256-checked) and let `check` (the
+    binary audit, from the command layer) refuse them before anything is built from them."""
+    from stackforge.build.inputs import fetch
+
+    pins = item.method.pins
+    if check is None or pins is None:
+        return
+    check(item, [(p.label(), fetch(p)) for p in (pins.input, *pins.audit)])
+
+
+def run_plan(
+    ws: Workspace, plan: Plan, *, presolve: bool = True, check_inputs: InputCheck | None = None
+) -> list[Outcome]:
     """Build what the plan says, in order; the channel is locked for the whole run. Unless
-    `presolve` is off, every requirement is solved first (build.presolve), before any compile."""
+    `presolve` is off, every requirement is solved first (build.presolve), before any compile.
+    A derived package's inputs go through `check_inputs` (the binary audit) before it is built."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     blocked = [i for i in plan.items if i.status == "blocked"]
@@ -248,6 +274,8 @@ def run_plan(ws: Workspace, plan: Plan, *, presolve: bool = True) -> list[Outcom
                         channel.index(ws.output)
                     outcomes.append(Outcome(item.name, "cached", f"{item.subdir}/{item.file}", 0.0))
                     continue
+                if item.method.kind == "derived":
+                    check_derived_inputs(item, check_inputs)
                 task = progress.add_task(f"[cyan]{item.name}[/cyan] {item.build_string}", status="starting")
                 started = time.perf_counter()
                 final = build_package(ws, plan, item, publish_to=ws.output, progress=progress, task=task)
@@ -261,15 +289,6 @@ def run_plan(ws: Workspace, plan: Plan, *, presolve: bool = True) -> list[Outcom
                 item.status, item.file = "cached", final.name
                 outcomes.append(Outcome(item.name, "built", f"{item.subdir}/{final.name}", seconds))
     return outcomes
-
-
-def build(
-    ws: Workspace, env: GpuEnv, names: list[str] | None = None, *, dry_run: bool = False
-) -> tuple[Plan, list[Outcome]]:
-    plan = make_plan(ws, env, names)
-    if dry_run:
-        return plan, []
-    return plan, run_plan(ws, plan)
 
 
 # --- verify reproducible ---------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 For each source: its URL, pinned commit, the sha256 of each patch of its series and the git tree
 of the checkout after patching (a content hash of exactly what the build reads). For each GPU
-environment and package built for the current inputs: the file name, its cache key and sha256.
+environment: the binary inputs of its derived packages (stack.yaml `derive:`; the conda-forge
+artifact and the native packages audited with it, each with URL and sha256, resolved once by a
+solve and kept until stack.yaml asks for another or `--update-binaries`), and each package built
+for the current inputs: the file name, its cache key and sha256.
 JSON, keys sorted, no timestamps: the same state always writes the same bytes, and a diff of the
 lock in review shows exactly what moved. `stackforge lock --check` recomputes all of it and fails,
 naming each difference, when inputs or outputs no longer match the lock.
@@ -13,15 +16,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stackforge.build import methods
 from stackforge.build import plan as plan_
-from stackforge.core.console import Failure
+from stackforge.build.inputs import DerivedPins, NoArtifact
+from stackforge.build.inputs import resolve as resolve_pin
+from stackforge.build.variant import variant_data
+from stackforge.core.console import Failure, err, escape
 from stackforge.core.files import atomic_write, sha256_file
 from stackforge.core.git import redact_url
 from stackforge.core.workspace import Workspace
 from stackforge.sources.checkouts import series_digest, series_files
 from stackforge.sources.state import source_state
-from stackforge.spec.envs import list_envs, load_env
+from stackforge.spec.envs import GpuEnv, list_envs, load_env
 from stackforge.spec.manifest import load_manifest
+from stackforge.spec.stack import load_stack
 
 LOCK_VERSION = 1
 
@@ -30,7 +38,46 @@ def lock_path(ws: Workspace) -> Path:
     return ws.lock_file
 
 
-def current_state(ws: Workspace) -> dict:
+def _no_tree(ws: Workspace, src, problem: str | None) -> str:
+    derived = set(methods.chosen(ws))
+    if src.consumer in derived and not (ws.sources / src.name).exists():
+        return f"not cloned: {src.consumer} is derived (stack.yaml derive:)"
+    return f"unavailable: {problem}"
+
+
+def binary_state(ws: Workspace, env: GpuEnv, *, resolve: bool, update: bool = False) -> dict:
+    """The environment's binary pins: the lock's while they still answer stack.yaml, else resolved
+    now (`resolve`), else a marker that says what is missing."""
+    derive = methods.chosen(ws)
+    if not derive:
+        return {}
+    versions = load_stack(ws).versions
+    locked = methods.locked_pins(ws, env)
+    python = variant_data(env).get("python")
+    python = str(python[0] if isinstance(python, list) else python) if python else None
+    found: dict = {}
+    for name, d in derive.items():
+        pin = locked.get(name)
+        if pin is not None and methods.pin_matches(d, versions[name], pin) and not update:
+            found[name] = pin.to_json()
+        elif (
+            (marker := methods.locked_unavailable(ws, env).get(name))
+            and marker == d.spec(versions[name])
+            and not update
+        ):
+            found[name] = {"unavailable": marker}
+        elif resolve:
+            try:
+                found[name] = resolve_pin(env, d, versions[name], python).to_json()
+            except NoArtifact as exc:  # the package then compiles from source, and says why
+                err.print(f"[yellow]{name}[/yellow]: {escape(exc.message)}; it will be compiled from source")
+                found[name] = {"unavailable": d.spec(versions[name])}
+        else:
+            found[name] = f"unresolved: {d.spec(versions[name])} (run `stackforge lock`)"
+    return found
+
+
+def current_state(ws: Workspace, *, resolve: bool = False, update: bool = False) -> dict:
     """Everything the lock records, computed from the workspace as it is now."""
     manifest = load_manifest(ws.manifest)
     sources = {}
@@ -41,11 +88,19 @@ def current_state(ws: Workspace) -> dict:
             "pin": src.commit,
             **({"ref": src.ref} if src.ref else {}),
             "patches": series_digest(series_files(ws, src.name)),
-            "patched_tree": state.tree or f"unavailable: {state.problem}",
+            "patched_tree": state.tree or _no_tree(ws, src, state.problem),
         }
     packages: dict[str, dict] = {}
+    binaries: dict[str, dict] = {}
     for env_name in list_envs(ws):
-        plan = plan_.make_plan(ws, load_env(ws, env_name))
+        env = load_env(ws, env_name)
+        pins = binary_state(ws, env, resolve=resolve, update=update)
+        if pins:
+            binaries[env_name] = pins
+        usable = {
+            n: DerivedPins.from_json(p, n) for n, p in pins.items() if isinstance(p, dict) and "input" in p
+        }
+        plan = plan_.make_plan(ws, env, pins=usable)
         built = {
             i.name: {
                 "file": f"{i.subdir}/{i.file_name}",
@@ -57,15 +112,18 @@ def current_state(ws: Workspace) -> dict:
         }
         if built:
             packages[env_name] = built
-    return {"version": LOCK_VERSION, "tools": plan_.toolchain(), "sources": sources, "packages": packages}
+    state = {"version": LOCK_VERSION, "tools": plan_.toolchain(), "sources": sources, "packages": packages}
+    if binaries:
+        state["binaries"] = binaries
+    return state
 
 
 def render(state: dict) -> str:
     return json.dumps(state, indent=2, sort_keys=True) + "\n"
 
 
-def write_lock(ws: Workspace) -> tuple[Path, dict]:
-    state = current_state(ws)
+def write_lock(ws: Workspace, *, update_binaries: bool = False) -> tuple[Path, dict]:
+    state = current_state(ws, resolve=True, update=update_binaries)
     unavailable = [n for n, s in state["sources"].items() if s["patched_tree"].startswith("unavailable")]
     if unavailable:
         raise Failure(

@@ -15,29 +15,25 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
-from stackforge.build import channel, recipes
+from stackforge.build import channel, methods, recipes
+from stackforge.build.methods import Method
 from stackforge.build.recipes import Recipe
 from stackforge.build.repack import (
     REPACK_VERSION,
     zstd_version,
 )
+from stackforge.build.variant import variant_data
 from stackforge.core.console import UsageError, err
 from stackforge.core.workspace import Workspace
 from stackforge.sources.state import SourceState, source_state
 from stackforge.spec.envs import GpuEnv
 from stackforge.spec.manifest import Manifest, Source, load_manifest
-from stackforge.spec.stack import stack_context
+from stackforge.spec.stack import load_stack, stack_context
 
 KEY_FORMAT = "stackforge-key-2"  # 2: keys cover recipes/common/ and git-repos.txt env=/subdir=
 DEFAULT_BUILD_ROOT = "/var/tmp/stackforge-build"
-
-
-DEFAULT_CHANNELS = ("conda-forge",)
 
 
 def build_root() -> Path:
@@ -52,37 +48,6 @@ def rattler_build_version() -> str:
 
 def toolchain() -> dict[str, str]:
     return {"rattler-build": rattler_build_version(), "zstd": zstd_version(), "repack": REPACK_VERSION}
-
-
-def variant_data(env: GpuEnv) -> dict:
-    """The variant file as data: comments and key order do not rebuild anything."""
-    return yaml.safe_load(env.variant_file.read_text()) or {}
-
-
-def _single(value: object) -> object:
-    return value[0] if isinstance(value, list) and len(value) == 1 else value
-
-
-def extra_channels(env: GpuEnv) -> list[str]:
-    """Channels after output/: the variant file's `channel_sources` (conda-forge's key, a
-    comma-separated string), conda-forge when absent; an empty string means output/ only."""
-    value = _single(variant_data(env).get("channel_sources"))
-    if value is None:
-        return list(DEFAULT_CHANNELS)
-    items = value if isinstance(value, list) else str(value).split(",")
-    return [str(c).strip() for c in items if str(c).strip()]
-
-
-def exclude_newer(env: GpuEnv) -> datetime | None:
-    """`exclude_newer: "YYYY-MM-DD"` in the variant file: solve build/host environments as the
-    channels were on that day, so a rebuild next year resolves the same compilers and libraries."""
-    value = _single(variant_data(env).get("exclude_newer"))
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise UsageError(f"{env.variant_file}: exclude_newer={value!r} is not a date (YYYY-MM-DD)") from exc
 
 
 def expected_build_string(env: GpuEnv, key: str, number: int) -> str:
@@ -125,6 +90,7 @@ class PlanItem:
     source_env: str = ""  # recipes' stackforge_source_env
     components: dict = field(default_factory=dict)
     deps: tuple[str, ...] = ()
+    method: Method = field(default_factory=lambda: Method("source", ""))
 
     @property
     def file_name(self) -> str:
@@ -138,6 +104,8 @@ class PlanItem:
             "build_string": self.build_string,
             "status": self.status,
             "reason": self.reason,
+            "method": self.method.kind,
+            "method_reason": self.method.why,
             "file": f"{self.subdir}/{self.file_name}" if self.key else "",
         }
 
@@ -193,6 +161,10 @@ def _why(components: dict, record: dict | None, env: GpuEnv) -> str:
         reasons.append(f"recipe changed ({', '.join(changed)})")
     if old.get("variant") != components["variant"]:
         reasons.append(f"variant changed ({env.variant_file.name})")
+    if old.get("input") != components.get("input"):
+        reasons.append("binary input changed (stackforge.lock)")
+    if old.get("series") != components.get("series"):
+        reasons.append("patch series changed")
     for name, tree in components["sources"].items():
         before = old.get("sources", {}).get(name)
         if before != tree:
@@ -213,10 +185,38 @@ def source_env(sources: list[Source]) -> str:
     return " ".join(f"{s.env}={'/'.join(p for p in (s.name, s.subdir) if p)}" for s in sources if s.env)
 
 
-def make_plan(ws: Workspace, env: GpuEnv, names: list[str] | None = None) -> Plan:
-    """Keys and verdicts for the stack (or the named packages and what their keys need)."""
+def _reached(ws: Workspace, found: dict[str, Recipe]) -> set[str]:
+    """The stack's packages and everything their requirements reach among the recipes: with
+    triton derived, triton-llvm (needed only to compile triton) is not built."""
+    roots = set(load_stack(ws).versions) & set(found) if ws.stack_file.is_file() else set(found)
+    reached: set[str] = set()
+    todo = list(roots or found)
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            r = found[name]
+            todo.extend(d for d in (*r.build, *r.host, *r.run) if d in found)
+    return reached
+
+
+def make_plan(
+    ws: Workspace,
+    env: GpuEnv,
+    names: list[str] | None = None,
+    *,
+    from_source: tuple[str, ...] = (),
+    pins: dict | None = None,
+) -> Plan:
+    """Keys and verdicts for the stack (or the named packages and what their keys need).
+    `from_source` names derived packages to compile instead; `pins` replaces the lock's."""
     manifest = load_manifest(ws.manifest)
     found = recipes.discover(ws, env)
+    how = methods.apply(ws, env, found, from_source, pins)
+    if not found:
+        raise UsageError(f"no recipes in {ws.recipes}", hint="each package needs recipes/<pkg>/recipe.yaml")
+    reached = _reached(ws, found)
+    found = {n: r for n, r in found.items() if n in reached}
     order = recipes.build_order(found)
     wanted = set(order)
     if names:
@@ -236,12 +236,22 @@ def make_plan(ws: Workspace, env: GpuEnv, names: list[str] | None = None) -> Pla
     items: dict[str, PlanItem] = {}
     for name in (n for n in order if n in wanted):
         recipe = found[name]
+        method = how[name]
+        if method.kind == "derived":
+            items[name] = _derived_item(
+                ws,
+                env,
+                recipe,
+                method,
+                {"format": KEY_FORMAT, "package": name, "variant": variant, "tools": tools},
+            )
+            continue
         sources = consumed_sources(recipe, manifest)
         for src in sources:
             if src.name not in states:
                 states[src.name] = source_state(ws, src)
         deps = recipes.key_deps(recipe, found)
-        item = PlanItem(name, recipe.version, recipe.subdir, recipe, deps=deps)
+        item = PlanItem(name, recipe.version, recipe.subdir, recipe, deps=deps, method=method)
         items[name] = item
         stale = [s.name for s in sources if states[s.name].problem]
         problems = [f"sources/{n} {states[n].problem}" for n in stale]
@@ -265,25 +275,56 @@ def make_plan(ws: Workspace, env: GpuEnv, names: list[str] | None = None) -> Pla
         item.source_env = item.components["source_env"]
         item.epoch = max((states[s.name].epoch for s in sources), default=0)
         item.build_string = expected_build_string(env, item.key, recipe.build_number)
-        existing = channel.find(ws.output, item.subdir, name, item.version, item.build_string)
-        if existing:
-            where = (
-                "already in output/"
-                if existing.parent.parent == ws.output
-                else "in output/superseded/: made current again"
-            )
-            item.status, item.reason, item.file = "cached", where, existing.name
-        else:
-            item.status, item.reason = "build", _why(item.components, _last_record(ws, env, name), env)
+        _verdict(ws, env, item)
     return Plan(env, list(items.values()), found, stack_context(ws))
+
+
+def _verdict(ws: Workspace, env: GpuEnv, item: PlanItem) -> None:
+    existing = channel.find(ws.output, item.subdir, item.name, item.version, item.build_string)
+    if existing:
+        where = (
+            "already in output/"
+            if existing.parent.parent == ws.output
+            else "in output/superseded/: made current again"
+        )
+        item.status, item.reason, item.file = "cached", where, existing.name
+    else:
+        item.status, item.reason = "build", _why(item.components, _last_record(ws, env, item.name), env)
+
+
+def _derived_item(ws: Workspace, env: GpuEnv, recipe: Recipe, method: Method, base: dict) -> PlanItem:
+    item = PlanItem(recipe.name, recipe.version, recipe.subdir, recipe, method=method)
+    assert method.derive is not None
+    native = methods.unshipped(ws, method.derive)
+    if native:
+        item.status = "blocked"
+        item.reason = (
+            f"patches/{method.derive.series} changes files the binary does not ship ({'; '.join(native)}): "
+            f"build it from source (--from-source {recipe.name})"
+        )
+        return item
+    if method.pins is None:
+        item.status, item.reason = "blocked", methods.missing_pin_reason(ws, env, method, recipe.version)
+        return item
+    item.components = methods.components(ws, method, base)
+    item.key = _key(item.components)
+    # the input's own build time: reproducible, and older than anything built from it
+    item.epoch = method.pins.input.timestamp
+    item.build_string = expected_build_string(env, item.key, 0)
+    _verdict(ws, env, item)
+    return item
 
 
 def print_plan(plan: Plan) -> None:
     from rich.table import Table
 
-    table = Table("package", "version", "key", "status", "why", title=f"build plan for {plan.env.name}")
+    table = Table(
+        "package", "version", "how", "key", "status", "why", title=f"build plan for {plan.env.name}"
+    )
     colours = {"cached": "green", "build": "cyan", "blocked": "red"}
     for i in plan.items:
         colour = colours.get(i.status, "white")
-        table.add_row(i.name, i.version, i.key[:12] or "-", f"[{colour}]{i.status}[/{colour}]", i.reason)
+        table.add_row(
+            i.name, i.version, i.method.kind, i.key[:12] or "-", f"[{colour}]{i.status}[/{colour}]", i.reason
+        )
     err.print(table)

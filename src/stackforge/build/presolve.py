@@ -13,18 +13,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from stackforge.build.plan import Plan, PlanItem, exclude_newer, extra_channels
+from stackforge.build.plan import Plan, PlanItem
 from stackforge.build.recipes import spec_name
+from stackforge.build.variant import exclude_newer, extra_channels, solve_virtual_packages
 from stackforge.core.console import Failure, escape
-
-# What the machines that run these packages offer: Linux, glibc >= the sysroot (2.17), x86-64, and a
-# CUDA 12 driver (R580 is the last branch for Pascal/Volta). A build host needs no GPU.
-_VIRTUAL = (
-    ("__unix", "0", "0"),
-    ("__linux", "5.10", "0"),
-    ("__glibc", "2.17", "0"),
-    ("__archspec", "1", "x86_64"),
-)
 
 
 @dataclass(frozen=True)
@@ -41,16 +33,6 @@ class Unsolvable:
         return f"{self.package}: {self.kind} requirements do not solve{spec} in {self.recipe}: {self.message}"
 
 
-def _virtual_packages(cuda: str) -> list:
-    import rattler
-
-    packages = [*_VIRTUAL, ("__cuda", cuda, "0")]
-    return [
-        rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), rattler.BuildString(b))
-        for n, v, b in packages
-    ]
-
-
 def _specs(item: PlanItem, kind: str, stack: set[str]) -> tuple[str, ...]:
     specs = item.recipe.specs.get(kind, ())
     return tuple(s for s in specs if isinstance(s, str) and spec_name(s) not in stack)
@@ -62,7 +44,7 @@ def presolve(plan: Plan, names: list[str] | None = None) -> list[Unsolvable]:
 
     channels = [rattler.Channel(c) for c in extra_channels(plan.env)]
     stack = set(plan.recipes)
-    virtual = _virtual_packages(plan.env.cuda_version)
+    virtual = solve_virtual_packages(plan.env.cuda_version)
     newer = exclude_newer(plan.env)
     todo = [i for i in plan.items if (i.name in names if names else i.status == "build")]
     problems = []

@@ -71,12 +71,14 @@ def ident(package: str) -> str:
 
 
 COMMON = "common"  # recipes/common/: shared by every recipe, not a package
+DERIVED = "derived"  # recipes/derived/: the template of every derived package (stackforge.build.derive)
 
 
 def recipe_folders(ws: Workspace) -> list[Path]:
     if not ws.recipes.is_dir():
         return []
-    return sorted(p.parent for p in ws.recipes.glob("*/recipe.yaml") if p.parent.name != "variants")
+    skip = {"variants", DERIVED}
+    return sorted(p.parent for p in ws.recipes.glob("*/recipe.yaml") if p.parent.name not in skip)
 
 
 def recipe_files_digest(folder: Path) -> dict[str, str]:
@@ -188,10 +190,11 @@ def placeholder_context(package_names: list[str], stack: dict[str, str], env: Gp
 
 
 def discover(ws: Workspace, env: GpuEnv) -> dict[str, Recipe]:
-    """Every recipe of the workspace rendered for one environment, by package name."""
+    """Every recipe of the workspace rendered for one environment, by package name (none is fine
+    here: a stack may derive all its packages; the plan refuses an empty stack)."""
     folders = recipe_folders(ws)
     if not folders:
-        raise UsageError(f"no recipes in {ws.recipes}", hint="each package needs recipes/<pkg>/recipe.yaml")
+        return {}
     # Names first (with a context that covers every folder name), then the real render.
     stack = stack_context(ws)
     ctx = placeholder_context([f.name for f in folders], stack, env)

@@ -18,7 +18,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     ws = find_workspace(args.root)
     env = load_env(ws, args.env)
-    plan = make_plan(ws, env, args.packages or None)
+    plan = make_plan(ws, env, args.packages or None, from_source=tuple(args.from_source))
     if args.json:
         print_json({"env": env.name, "dry_run": args.dry_run, "plan": [i.summary() for i in plan.items]})
     else:
@@ -28,7 +28,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if blocked:  # a plan that cannot run says so in its exit code, dry run or not
             err.print(f"[yellow]{len(blocked)} package(s) blocked[/yellow]: {', '.join(blocked)} (exit 1)")
         return 1 if blocked else 0
-    outcomes = run_plan(ws, plan, presolve=not args.no_presolve)
+    outcomes = run_plan(ws, plan, presolve=not args.no_presolve, check_inputs=_audit_inputs(ws, env))
     built = [o for o in outcomes if o.status == "built"]
     err.print(
         f"{len(built)} built, {len(outcomes) - len(built)} up to date; channel: {ws.output} "
@@ -37,17 +37,45 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_inputs(ws, env):
+    """`audit binaries` on a derived package's inputs, as the build's gate."""
+
+    def check(item, inputs) -> None:
+        from stackforge.verify.binaries import require_inputs_cover
+
+        count = require_inputs_cover(ws, env, item.name, inputs)
+        what = f"{count} libraries with GPU code cover {env.name}" if count else "no GPU code in them"
+        err.print(f"[green]audited[/green] {item.name}'s inputs: {what}")
+
+    return check
+
+
+def _from_source(text: str) -> list[str]:
+    return [p for p in (s.strip() for s in text.split(",")) if p]
+
+
 def _register_build(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups[""].add_parser(
         "build",
         help="build the stack's conda packages for a GPU environment into output/",
         description="Build the packages of recipes/ for one GPU environment in dependency order, "
         "skipping each whose cache key is already in output/. Exit 1 when a package is blocked "
-        "(its sources are not cloned or not current), with --dry-run too.",
+        "(its sources are not cloned or not current, or its binary input is not pinned), with --dry-run "
+        "too. Packages named in stack.yaml `derive:` are conda-forge's artifact (pinned in "
+        "stackforge.lock, audited for the environment's GPUs) plus our patch series; the rest compile.",
     )
     add_env(p)
     p.add_argument("packages", nargs="*", metavar="PKG", help="build only these (and what their keys need)")
     add_dry_run(p, "print the plan (package, key, built/cached, why); build nothing")
+    p.add_argument(
+        "--from-source",
+        type=_from_source,
+        action="extend",
+        default=[],
+        metavar="PKG[,PKG]",
+        help="compile these packages (or `all`) from their recipes instead of deriving them from the "
+        "conda-forge artifact stackforge.lock pins (stack.yaml `derive:`)",
+    )
     p.add_argument(
         "--no-presolve",
         action="store_true",
@@ -128,9 +156,12 @@ def _cmd_lock(args: argparse.Namespace) -> int:
             )
         err.print(f"[green]{lock_path(ws)} matches the workspace[/green]")
         return 0
-    path, state = write_lock(ws)
+    path, state = write_lock(ws, update_binaries=args.update_binaries)
     n_pkgs = sum(len(p) for p in state["packages"].values())
-    err.print(f"wrote {path}: {len(state['sources'])} source(s), {n_pkgs} package(s)")
+    n_bin = sum(len(p) for p in state.get("binaries", {}).values())
+    err.print(
+        f"wrote {path}: {len(state['sources'])} source(s), {n_bin} binary input(s), {n_pkgs} package(s)"
+    )
     return 0
 
 
@@ -139,9 +170,16 @@ def _register_lock(groups: dict[str, argparse._SubParsersAction]) -> None:
         "lock",
         help="write stackforge.lock: sources, patches, patched trees and built packages with hashes",
         description="Write stackforge.lock (flake.lock spirit): per source url, pin, sha256 of each patch and "
-        "the patched git tree; per environment each built package's file, key and sha256.",
+        "the patched git tree; per environment the binary inputs of derived packages (URL, sha256: resolved "
+        "once against the channels, so the first `stackforge lock` needs conda-forge reachable) and each "
+        "built package's file, key and sha256.",
     )
     p.add_argument("--check", action="store_true", help="fail, naming each difference, if the lock is stale")
+    p.add_argument(
+        "--update-binaries",
+        action="store_true",
+        help="resolve every binary input again (default: keep each pin while stack.yaml still asks for it)",
+    )
     p.set_defaults(func=_cmd_lock)
 
 

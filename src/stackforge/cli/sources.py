@@ -41,7 +41,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         ):
             results.append(r)
             if not args.json:
-                colour = {"up-to-date": "green", "kept": "yellow"}.get(r.action, "cyan")
+                colour = {"up-to-date": "green", "kept": "yellow", "skipped": "dim"}.get(r.action, "cyan")
                 line = f"{r.name:<16} {r.head[:12]:<12} {r.detail}"
                 err.print(f"[{colour}]{r.action:>12}[/{colour}]  {escape(line)}")
     except StackforgeError as exc:

@@ -26,6 +26,7 @@ from stackforge.sources.series import refuse_orphans, series_digest, series_file
 from stackforge.sources.state import State, patched_tree, read_state, write_state
 from stackforge.sources.untracked import colliding_untracked, save_untracked
 from stackforge.spec.manifest import Manifest, Source
+from stackforge.spec.stack import load_stack
 
 __all__ = [
     "patched_tree",
@@ -45,7 +46,7 @@ BACKUP_PREFIX = "refs/stackforge/backup"
 @dataclass
 class SyncResult:
     name: str
-    action: str  # cloned | updated | up-to-date | would-clone | would-update | kept
+    action: str  # cloned | updated | up-to-date | would-clone | would-update | kept | skipped
     head: str = ""
     detail: str = ""
     backup: list[str] = field(default_factory=list)
@@ -355,10 +356,21 @@ def sync_each(
     dry_run: bool = False,
     quiet: bool = False,
 ) -> Iterator[SyncResult]:
-    """`sync`, one result at a time (so a caller can report the ones done before a failure)."""
+    """`sync`, one result at a time (so a caller can report the ones done before a failure).
+    Without names, a source read only by a derived package (stack.yaml `derive:`: built from a
+    conda-forge artifact, not from this checkout) is not cloned; naming it clones it."""
     refuse_orphans(ws, manifest)
     checkouts = Checkouts(ws, mirror=mirror, quiet=quiet)
+    derived = set(load_stack(ws).derive) if ws.stack_file.is_file() and not names else set()
     for src in manifest.select(names):
+        if src.consumer in derived and not (ws.sources / src.name).exists():
+            yield SyncResult(
+                src.name,
+                "skipped",
+                detail=f"{src.consumer} is derived from a conda-forge build (stack.yaml derive:); "
+                f"`stackforge clone {src.name}` fetches it for --from-source",
+            )
+            continue
         yield checkouts.sync(src, force=force, dry_run=dry_run)
 
 

@@ -7,7 +7,7 @@ and the upstream proofs read them from here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -21,10 +21,29 @@ _VERSION = re.compile(r"\d+(\.\d+)*([a-z]+\d*)?(\.post\d+)?")
 
 
 @dataclass(frozen=True)
+class Derive:
+    """A package made from a conda-forge artifact plus our patch series, instead of from source
+    (stack.yaml `derive:`): what to resolve and which native dependencies carry its GPU code."""
+
+    package: str  # our package, e.g. pytorch
+    input: str  # the channel's package it repackages (default: the same name)
+    build: str  # build-string glob the resolution must match, e.g. "cuda129*"
+    audit: tuple[str, ...]  # packages of the solved environment whose CUDA code must cover the GPUs
+    series: str  # patches/<series>/ is applied to its Python files (default: the package name)
+
+    def spec(self, version: str) -> str:
+        return f"{self.input} =={version} {self.build}"
+
+
+_DERIVE_KEYS = {"input", "build", "audit", "series"}
+
+
+@dataclass(frozen=True)
 class Stack:
     name: str
     versions: dict[str, str]  # conda package name -> version
     path: Path
+    derive: dict[str, Derive] = field(default_factory=dict)
 
     def version(self, package: str) -> str:
         try:
@@ -64,7 +83,42 @@ def load_stack(ws: Workspace) -> Stack:
                 hint='e.g. vllm: "1.2.3"',
             )
         versions[str(name)] = version
-    return Stack(name=str(data.get("name") or path.parent.name), versions=versions, path=path)
+    derive = _derive(path, data.get("derive"), versions)
+    return Stack(name=str(data.get("name") or path.parent.name), versions=versions, path=path, derive=derive)
+
+
+def _derive(path: Path, block: object, versions: dict[str, str]) -> dict[str, Derive]:
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise UsageError(f"{path}: `derive:` must map package names to settings", hint="see README, Stacks")
+    found = {}
+    for name, entry in block.items():
+        where = f"{path}: derive: {name}"
+        if name not in versions:
+            raise UsageError(f"{where}: not a package of the stack", hint=f"packages: {', '.join(versions)}")
+        entry = entry or {}
+        if not isinstance(entry, dict) or set(entry) - _DERIVE_KEYS:
+            unknown = (
+                ", ".join(sorted(set(entry) - _DERIVE_KEYS)) if isinstance(entry, dict) else "not a mapping"
+            )
+            raise UsageError(f"{where}: {unknown}", hint=f"keys: {', '.join(sorted(_DERIVE_KEYS))}")
+        audit = entry.get("audit") or []
+        if not isinstance(audit, list) or not all(isinstance(a, str) for a in audit):
+            raise UsageError(f"{where}: audit must be a list of package names")
+        build = entry.get("build")
+        if not isinstance(build, str) or not build:
+            raise UsageError(
+                f"{where}: needs `build:`, the build-string glob to resolve", hint='e.g. build: "cuda129*"'
+            )
+        found[name] = Derive(
+            package=name,
+            input=str(entry.get("input") or name),
+            build=build,
+            audit=tuple(audit),
+            series=str(entry.get("series") or name),
+        )
+    return found
 
 
 def stack_context(ws: Workspace) -> dict[str, str]:

@@ -171,3 +171,29 @@ def failure_message(env: GpuEnv, reports: list[LibraryReport]) -> str:
         has = " ".join([str(s) for s in rep.embedded.sass] + [f"compute_{p}" for p in rep.embedded.ptx])
         lines.append(f"  {rep.label}: no SASS or JIT-able PTX for {missing} (it has: {has})")
     return "\n".join(lines)
+
+
+def require_inputs_cover(ws: Workspace, env: GpuEnv, package: str, inputs: list[tuple[str, Path]]) -> int:
+    """The build's check of a derived package's binary inputs (the artifact and its audited native
+    dependencies): every library with GPU code must run on every arch of the environment, or the
+    build stops naming the library and the arch, before anything is made from it. Returns the
+    number of libraries with GPU code."""
+    import tempfile
+
+    from stackforge.cuda.fatbin import find_cuobjdump
+
+    cuobjdump = find_cuobjdump([ws.root / ".pixi" / "envs" / env.name])
+    with tempfile.TemporaryDirectory(prefix="stackforge-inputs-") as scratch:
+        files: list[tuple[str, Path]] = []
+        for i, (label, archive) in enumerate(inputs):
+            root = extract_package(archive, Path(scratch) / str(i))
+            files += [(f"{label}:{f.relative_to(root)}", f) for f in candidate_files(root)]
+        reports = audit_files(files, env.archs, cuobjdump)
+    if not all(r.ok for r in reports):
+        raise Failure(
+            f"{package}: its binary inputs cannot run on environment {env.name}; nothing was built\n"
+            + failure_message(env, reports),
+            hint=f"pin a build that carries code for {', '.join(sm(a) for a in env.archs)} "
+            f"(`stackforge lock --update-binaries`), or compile it: --from-source {package}",
+        )
+    return len(reports)

@@ -26,35 +26,9 @@ from pathlib import Path
 from filelock import FileLock
 
 from stackforge.core.console import Failure
+from stackforge.spec.layout import repo_to_wheel
 
 _PATH_LINE = re.compile(r"^(diff --git a/|--- a/|\+\+\+ b/)(\S+)(?: b/(\S+))?$")
-
-# Where a wheel ships a repository's files: repo path prefix -> wheel path prefix, most specific
-# first (the first match wins both ways). The wheels copy these Python files verbatim.
-PATH_MAP: dict[str, tuple[tuple[str, str], ...]] = {
-    "pytorch": (("torch/", "torch/"),),
-    "triton": (
-        ("third_party/nvidia/backend/", "triton/backends/nvidia/"),
-        ("third_party/amd/backend/", "triton/backends/amd/"),
-        ("python/triton/", "triton/"),
-    ),
-}
-
-
-def repo_to_wheel(name: str, repo_path: str) -> str | None:
-    """Where the wheel ships repo file `repo_path`, or None if it ships no copy of it."""
-    for repo_prefix, wheel_prefix in PATH_MAP.get(name, ()):
-        if repo_path.startswith(repo_prefix):
-            return wheel_prefix + repo_path[len(repo_prefix) :]
-    return None
-
-
-def wheel_to_repo(name: str, wheel_path: str) -> str | None:
-    """The repository path of wheel member `wheel_path`, or None for build products."""
-    for repo_prefix, wheel_prefix in PATH_MAP.get(name, ()):
-        if wheel_path.startswith(wheel_prefix):
-            return repo_prefix + wheel_path[len(wheel_prefix) :]
-    return None
 
 
 def installed_triton() -> tuple[Path, str]:

@@ -12,7 +12,7 @@ PyPI publishes:
   files (wheel path `torch/X` is repo path `torch/X`; `triton/backends/nvidia/X` is
   `third_party/nvidia/backend/X`; `triton/X` is `python/triton/X`), so a repository holding
   just the files a series touches, at their repo paths, is enough to prove it applies (the path table is
-  `stackforge.verify.kernels.overlay.PATH_MAP`; git repositories: `stackforge.verify.upstream.repos`).
+  `stackforge.spec.layout.PATH_MAP`; git repositories: `stackforge.verify.upstream.repos`).
   Caveat for PyTorch: the first stack's PyPI torch wheels were built from 5811a8d7, not from
   the pinned commit d38164a (git-repos.txt): the wheel's own torch/version.py says
   `git_version = '5811a8d7da873dd699ff6687092c225caffcf1bb'`. A patch proven here is proven on 5811a8d7's copy of

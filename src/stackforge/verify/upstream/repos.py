@@ -1,7 +1,7 @@
 """Upstream as git repositories: the pinned PyPI files committed once, and a patch series applied.
 
 vllm: the whole sdist tree (`pypi.vllm_sdist`) minus packaging artefacts; pytorch and triton: the
-wheel files a series touches, at their repository paths (`overlay.PATH_MAP`). One commit with fixed
+wheel files a series touches, at their repository paths (`spec.layout.PATH_MAP`). One commit with fixed
 identity and dates, so the same files always give the same SHA; `git am --3way` then applies the
 series as `stackforge clone` does.
 """
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from stackforge.core.console import Failure, UsageError
-from stackforge.verify.kernels.overlay import PATH_MAP, repo_to_wheel
+from stackforge.spec.layout import PATH_MAP, repo_to_wheel
 from stackforge.verify.upstream.pypi import PYPI_PROJECT, _lock, cache_dir, pinned, vllm_sdist, wheel_member
 
 # sdist members that setuptools writes and git does not hold (vllm/_version.py is git-ignored).
