@@ -137,8 +137,20 @@ def _built_package(
     shutil.copy2(result.packages[0], channel / "linux-64")
 
 
-def forge(tmp: Path, *, libtorch_sass: list[int], name: str = "forge") -> Path:
-    """The channel; `libtorch_sass` is what its libtorch_cuda.so carries."""
+def _default(files: dict[str, tuple[str, str]]) -> dict[str, bytes]:
+    return {WHEEL_PATH[repo]: before.encode() for repo, (before, _after) in files.items()}
+
+
+def forge(
+    tmp: Path,
+    *,
+    libtorch_sass: list[int],
+    name: str = "forge",
+    torch_files: dict[str, bytes] | None = None,
+    triton_files: dict[str, bytes] | None = None,
+) -> Path:
+    """The channel; `libtorch_sass` is what its libtorch_cuda.so carries; `*_files` (path under
+    site-packages -> bytes) are the Python files the packages ship (default: the small fixtures)."""
     from rattler.index import index_fs
 
     channel = tmp / name
@@ -156,8 +168,9 @@ def forge(tmp: Path, *, libtorch_sass: list[int], name: str = "forge") -> Path:
     site = torch / SITE / "torch"
     (site / "utils" / "__pycache__").mkdir(parents=True)
     (site / "__init__.py").write_text("__version__ = '2.9.1'\n")
-    for repo_path, (before, _after) in TORCH_FILES.items():
-        (torch / SITE / WHEEL_PATH[repo_path]).write_text(before)
+    for wheel_path, data in (torch_files or _default(TORCH_FILES)).items():
+        (torch / SITE / wheel_path).parent.mkdir(parents=True, exist_ok=True)
+        (torch / SITE / wheel_path).write_bytes(data)
     (site / "utils" / "__pycache__" / "_triton.cpython-312.pyc").write_bytes(b"\xcb\r\r\n stale")
     (site / "empty.c").write_text("int torch_c(void) { return 2; }\n")
     subprocess.run(
@@ -175,10 +188,10 @@ def forge(tmp: Path, *, libtorch_sass: list[int], name: str = "forge") -> Path:
     depends = [f"libtorch ==2.9.1 {LIBTORCH_BUILD}", "python >=3.12,<3.13.0a0", "triton 3.5.1.*"]
     _built_package(channel, torch, "pytorch", "2.9.1", PYTORCH_BUILD, depends)
     tri = stage / "triton"
-    for repo_path, (before, _after) in TRITON_FILES.items():
-        target = tri / SITE / WHEEL_PATH[repo_path]
-        target.parent.mkdir(parents=True)
-        target.write_text(before)
+    for wheel_path, data in (triton_files or _default(TRITON_FILES)).items():
+        target = tri / SITE / wheel_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
     (tri / SITE / "triton" / "__init__.py").write_text("__version__ = '3.5.1'\n")
     _package(channel, tri, "triton", "3.5.1", TRITON_BUILD, ["python >=3.12,<3.13.0a0"])
     asyncio.run(index_fs(channel, write_zst=False, write_shards=False))
@@ -198,8 +211,9 @@ derive:
 """
 
 
-def workspace(tmp: Path, channel: Path) -> Path:
-    """A workspace deriving pytorch and triton from `channel`, its series made by git."""
+def workspace(tmp: Path, channel: Path, series_from: Path | None = None) -> Path:
+    """A workspace deriving pytorch and triton from `channel`; its series are made by git, or
+    copied from `series_from`/patches (the real ones)."""
     root = tmp / "ws"
     (root / "recipes" / "variants").mkdir(parents=True)
     shutil.copytree(REPO_ROOT / "recipes" / "derived", root / "recipes" / "derived")
@@ -210,6 +224,10 @@ def workspace(tmp: Path, channel: Path) -> Path:
     )
     torch_base = series(tmp, "pytorch", TORCH_FILES, root / "patches" / "pytorch")
     triton_base = series(tmp, "triton", TRITON_FILES, root / "patches" / "triton")
+    if series_from is not None:
+        for name in ("pytorch", "triton"):
+            shutil.rmtree(root / "patches" / name)
+            shutil.copytree(series_from / "patches" / name, root / "patches" / name)
     (root / "git-repos.txt").write_text(
         f"pytorch https://example.invalid/pytorch.git {torch_base} for=pytorch\n"
         f"triton  https://example.invalid/triton.git  {triton_base} for=triton\n"

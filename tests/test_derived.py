@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 from cudahelpers import NEEDS_TOOLS
-from forgehelpers import LIBTORCH_BUILD, SITE, TORCH_FILES, TRITON_FILES, WHEEL_PATH, forge, workspace
+from forgehelpers import (
+    LIBTORCH_BUILD,
+    REPO_ROOT,
+    SITE,
+    TORCH_FILES,
+    TRITON_FILES,
+    WHEEL_PATH,
+    forge,
+    workspace,
+)
 
 from stackforge.cli import main
 from stackforge.core.files import sha256_file
@@ -187,3 +196,34 @@ def test_one_derived_package_builds_alone(derived_ws: Path) -> None:
     (pkg,) = (derived_ws / "output" / "linux-64").glob("triton-*.conda")
     assert zipfile.is_zipfile(pkg)  # a .conda, as conda-forge's
     assert not list((derived_ws / "output" / "linux-64").glob("pytorch-*"))
+
+
+@pytest.mark.upstream
+def test_derived_from_the_real_wheel_files_with_the_real_series(
+    tmp_path: Path, build_root: Path, binary_cache: Path, capsys
+) -> None:
+    """The forge packages carry PyTorch 2.9.1's and Triton 3.5.1's own Python files (PyPI wheels,
+    range reads), the workspace our real patches/pytorch and patches/triton: the derived packages
+    hold exactly the files `git am --3way` makes of the upstream files at their repository paths."""
+    from conftest import online
+
+    from stackforge.spec.layout import repo_to_wheel
+    from stackforge.verify.upstream import repos
+
+    series = {n: sorted((REPO_ROOT / "patches" / n).glob("*.patch")) for n in ("pytorch", "triton")}
+    files = {n: online(lambda n=n: repos.upstream_files(n, series[n])) for n in series}
+    wheel = {n: {repo_to_wheel(n, p): data for p, data in files[n].items()} for n in files}
+    channel = forge(
+        tmp_path, libtorch_sass=[60, 70], torch_files=wheel["pytorch"], triton_files=wheel["triton"]
+    )
+    root = workspace(tmp_path, channel, series_from=REPO_ROOT)
+    assert sf(root, "lock") == 0
+    assert sf(root, "build", "-e", "pascal") == 0
+    for name in series:
+        expected = repos.patched_repo(name, tmp_path / f"expected-{name}", series[name])
+        (pkg,) = (root / "output" / "linux-64").glob(f"{name}-*_sm60_61_h*.conda")
+        got = _unpack(pkg, tmp_path / f"got-{name}")
+        for repo_path in files[name]:
+            mine = (got / SITE / repo_to_wheel(name, repo_path)).read_bytes()
+            assert mine == (expected / repo_path).read_bytes(), f"{name}: {repo_path}"
+            assert mine != files[name][repo_path], f"{name}: {repo_path} left unpatched"
