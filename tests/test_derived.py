@@ -227,3 +227,24 @@ def test_derived_from_the_real_wheel_files_with_the_real_series(
             mine = (got / SITE / repo_to_wheel(name, repo_path)).read_bytes()
             assert mine == (expected / repo_path).read_bytes(), f"{name}: {repo_path}"
             assert mine != files[name][repo_path], f"{name}: {repo_path} left unpatched"
+
+
+@pytest.mark.parametrize("env", ["pascal", "volta"])
+def test_the_real_stack_derives_pytorch_and_triton_and_compiles_vllm(
+    tmp_path: Path, env: str, capsys
+) -> None:
+    import shutil
+
+    root = tmp_path / "ws"
+    for folder in ("recipes", "patches"):
+        shutil.copytree(REPO_ROOT / folder, root / folder)
+    for name in ("stack.yaml", "git-repos.txt"):
+        shutil.copy2(REPO_ROOT / name, root / name)
+    capsys.readouterr()
+    assert sf(root, "build", "-e", env, "--dry-run", "--json") == 1  # blocked: no pin, nothing cloned
+    plan = {i["package"]: i["method"] for i in json.loads(capsys.readouterr().out)["plan"]}
+    assert plan == {"pytorch": "derived", "triton": "derived", "vllm": "source"}  # no triton-llvm
+    capsys.readouterr()
+    assert sf(root, "build", "-e", env, "--dry-run", "--json", "--from-source", "all") == 1
+    plan = {i["package"]: i["method"] for i in json.loads(capsys.readouterr().out)["plan"]}
+    assert plan == dict.fromkeys(("triton-llvm", "triton", "pytorch", "vllm"), "source")
