@@ -54,6 +54,13 @@ def expected_build_string(env: GpuEnv, key: str, number: int) -> str:
     return f"{env.build_tag}_h{key[:8]}_{number}"
 
 
+def unpinned_sources(recipe: Recipe, manifest: Manifest) -> list[str]:
+    """Checkouts the recipe copies in that git-repos.txt has no line for (a stack whose pin is
+    not known yet): the package is blocked, not the whole plan."""
+    known = {s.name for s in manifest.sources}
+    return [n for n in recipe.sources if n not in known]
+
+
 def consumed_sources(recipe: Recipe, manifest: Manifest) -> list[Source]:
     """The sources a package's build reads: git-repos.txt `for=PKG` lines and the recipe's own
     `path: ../../sources/<name>` entries must name the same checkouts."""
@@ -246,6 +253,15 @@ def make_plan(
                 {"format": KEY_FORMAT, "package": name, "variant": variant, "tools": tools},
             )
             continue
+        unpinned = unpinned_sources(recipe, manifest)
+        if unpinned:
+            items[name] = PlanItem(name, recipe.version, recipe.subdir, recipe, method=method)
+            items[name].status = "blocked"
+            items[name].reason = (
+                f"{manifest.path.name} pins no {', '.join(unpinned)} (copied in by {recipe.file}): "
+                "add the line with its full commit"
+            )
+            continue
         sources = consumed_sources(recipe, manifest)
         for src in sources:
             if src.name not in states:
@@ -264,7 +280,7 @@ def make_plan(
         item.components = {
             "format": KEY_FORMAT,
             "package": name,
-            "recipe": recipes.recipe_files_digest(recipe.folder),
+            "recipe": recipes.recipe_files_digest(recipe.folder, ws.recipes / recipes.COMMON),
             "variant": variant,
             "sources": {s.name: states[s.name].tree for s in sources},
             "source_env": source_env(sources),

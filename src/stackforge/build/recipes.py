@@ -75,19 +75,28 @@ DERIVED = "derived"  # recipes/derived/: the template of every derived package (
 
 
 def recipe_folders(ws: Workspace) -> list[Path]:
-    if not ws.recipes.is_dir():
-        return []
+    """recipes/<pkg>/ of the workspace, each replaced by the chosen stack's own
+    stacks/<name>/recipes/<pkg>/ where it has one."""
     skip = {"variants", DERIVED}
-    return sorted(p.parent for p in ws.recipes.glob("*/recipe.yaml") if p.parent.name not in skip)
+    found: dict[str, Path] = {}
+    for root in (ws.recipes, ws.stack_recipes):
+        if root is not None and root.is_dir():
+            found.update(
+                {p.parent.name: p.parent for p in root.glob("*/recipe.yaml") if p.parent.name not in skip}
+            )
+    return [found[name] for name in sorted(found)]
 
 
-def recipe_files_digest(folder: Path) -> dict[str, str]:
+def recipe_files_digest(folder: Path, common: Path | None = None) -> dict[str, str]:
     """sha256 of every file of a recipe folder (recipe.yaml, build.sh, patches...) and of
-    recipes/common/, which its build script sources, by path relative to recipes/."""
-    files = [*sorted(folder.rglob("*")), *sorted((folder.parent / COMMON).rglob("*"))]
+    recipes/common/ (`common`, default the folder's sibling), which its build script sources, by
+    path relative to recipes/ (a stack's own recipe folder hashes under the same names)."""
+    common = common or folder.parent / COMMON
+    files = [(p, p.relative_to(folder.parent)) for p in sorted(folder.rglob("*"))]
+    files += [(p, Path(COMMON) / p.relative_to(common)) for p in sorted(common.rglob("*"))]
     return {
-        p.relative_to(folder.parent).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in files
+        rel.as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p, rel in files
         if p.is_file() and "__pycache__" not in p.parts
     }
 

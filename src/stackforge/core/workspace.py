@@ -65,6 +65,12 @@ class Workspace:
         return self.root / "recipes"
 
     @property
+    def stack_recipes(self) -> Path | None:
+        """A stack's own recipes/<pkg>/ (its compilers, toolchains, external projects), which
+        replace the shared recipe of the same name; None for the default stack."""
+        return None if self.stack is None else self.stack_root / "recipes"
+
+    @property
     def variants(self) -> Path:
         return self.root / "recipes" / "variants"
 
