@@ -184,3 +184,14 @@ def test_patch_git_am_cannot_read_stops_it_before_any_patch(stack, capsys):
     results = check_series(stack.checkout, stack.pin, [first, empty, second])
     assert [r.verdict for r in results] == ["not-tried", "conflict", "not-tried"]
     assert "No valid patches in input" in results[1].detail
+
+
+def test_file_deleted_upstream_is_named(stack, capsys):
+    _clone(stack, capsys)
+    pin = stack.app.commit({"main.c": None}, "main.c moved away")
+    stack.manifest(pin=pin)
+    report = _agree(stack, capsys)
+    assert [p["verdict"] for p in report.values()] == ["conflict", "not-tried"]
+    assert report["0001-app-return-42.patch"]["files"] == ["main.c"]
+    assert "main.c: 3-way merge conflict: deleted on one side" in report["0001-app-return-42.patch"]["detail"]
+    assert not (stack.checkout / "main.c").exists()  # nothing of the failed merge is left in the checkout
