@@ -78,12 +78,27 @@ class Upstream:
 
 
 def make_patch(
-    upstream: Upstream, base: str, files: dict[str, str], out_dir: Path, subject: str, number: int = 1
+    upstream: Upstream,
+    base: str,
+    files: dict[str, str],
+    out_dir: Path,
+    subject: str,
+    number: int = 1,
+    *,
+    local: dict[str, str] | None = None,
 ) -> Path:
-    """A real `git format-patch` file: `files` written on top of `base` by a fixed author."""
+    """A real `git format-patch` file: `files` written on top of `base` by a fixed author. `local`
+    files are committed first and never pushed: the patch is then made on a tree upstream never had
+    (its index lines name blobs no clone holds, so git cannot 3-way merge it)."""
     scratch = out_dir.parent / f".scratch-{subject.replace(' ', '-')}"
     subprocess.run(["git", "clone", "-q", str(upstream.path), str(scratch)], check=True)
     git(scratch, "checkout", "-q", "--detach", base)
+    if local:
+        for rel, text in local.items():
+            (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+            (scratch / rel).write_text(text)
+            git(scratch, "add", rel)
+        git(scratch, "commit", "-q", "-m", "local base, never pushed")
     for rel, text in files.items():
         (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
         (scratch / rel).write_text(text)

@@ -15,6 +15,15 @@ EXIT_CODES = (
     "because it has commits above the series: see its line); 2 bad usage."
 )
 
+CHECK_VERDICTS = (
+    "Each patch is clean (applies as it is), 3way (applies only by git's 3-way merge, as clone "
+    "does too), conflict (clone stops here: the files and hunks are named) or not-tried (after a "
+    "conflict, clone applies no further patch, so neither does the check)."
+)
+CHECK_EXIT_CODES = (
+    "Exit codes: 0 clone would apply every series checked; 1 it would stop at a conflict; 2 bad usage."
+)
+
 
 def _mirror_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -160,10 +169,11 @@ def _check(args: argparse.Namespace, report: dict) -> int:
             rev_note = f" ({args.rev})" if args.rev else ""
             err.print(f"[bold]{escape(name)}[/bold] {escape(f'at {base[:12]}{rev_note}:')}")
             for r in results:
-                colour = {"clean": "green", "offset": "green", "conflict": "red"}.get(r.verdict, "yellow")
-                extra = f"  {r.detail}" if r.verdict not in ("clean", "conflict") else ""
+                colour = {"clean": "green", "3way": "yellow", "not-tried": "dim"}.get(r.verdict, "red")
                 files = f"  ({', '.join(r.files)})" if r.verdict == "conflict" else ""
-                err.print(f"  [{colour}]{r.verdict:>8}[/{colour}]  {escape(f'{r.patch}{files}{extra}')}")
+                err.print(f"  [{colour}]{r.verdict:>9}[/{colour}]  {escape(f'{r.patch}{files}')}")
+                for line in r.detail.splitlines():
+                    err.print(f"  {'':>9}    {escape(line)}")
     if args.json:
         print_json(report)
     return 1 if failed else 0
@@ -183,11 +193,12 @@ def _register_patches(groups: dict[str, argparse._SubParsersAction]) -> None:
     )
     add_json(p, "the written files")
     p.set_defaults(func=_cmd_export)
-    help_text = "apply a series to a scratch worktree and report each patch"
+    help_text = "apply a series as clone does (git am --3way) in a scratch worktree and report each patch"
     p = sub.add_parser(
         "check",
         help=help_text,
-        description=help_text[0].upper() + help_text[1:] + "; the checkout is not touched.",
+        description=help_text[0].upper() + help_text[1:] + "; the checkout is not touched. " + CHECK_VERDICTS,
+        epilog=CHECK_EXIT_CODES,
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="default: every source that has patches")
     p.add_argument("--rev", help="check against this commit instead of the pin (e.g. a new upstream release)")

@@ -21,7 +21,8 @@ from stackforge.core.console import Failure, err, escape, info
 from stackforge.core.files import waiting_lock
 from stackforge.core.git import HERMETIC, Git, redact_url
 from stackforge.core.workspace import Workspace
-from stackforge.sources.conflict import conflict_message, failed_patch
+from stackforge.sources.am import abort_am, apply_series, touched
+from stackforge.sources.conflict import conflict_message
 from stackforge.sources.series import refuse_orphans, series_digest, series_files
 from stackforge.sources.state import State, patched_tree, read_state, write_state
 from stackforge.sources.untracked import colliding_untracked, save_untracked
@@ -144,7 +145,7 @@ class Checkouts:
             )
         state = read_state(dest)
         if state and state.phase == "applying":
-            self._abort_am(dest, git)  # an interrupted `git am` of ours: roll it back, then redo
+            abort_am(dest, git)  # an interrupted `git am` of ours: roll it back, then redo
             state.head, state.phase = git.out(["rev-parse", "HEAD"], dest), "failed"
             write_state(dest, state)
         head = git.out(["rev-parse", "HEAD"], dest)
@@ -212,10 +213,8 @@ class Checkouts:
         """Move aside untracked files the pin's tree or the series would overwrite (never lose them)."""
         if not has_commit(dest, git, src.commit):
             return  # fetched by _checkout_pin; then only the series' files can collide
-        from stackforge.sources.patches import _touched
-
-        touched = {f for p in series for f in _touched(p)}
-        save_untracked(dest, colliding_untracked(dest, git, src.commit, touched), self.ws.state / "backups")
+        files = {f for p in series for f in touched(p)}
+        save_untracked(dest, colliding_untracked(dest, git, src.commit, files), self.ws.state / "backups")
 
     def _checkout_pin(self, src: Source, dest: Path, git: Git) -> None:
         url = self.url(src)
@@ -271,33 +270,23 @@ class Checkouts:
         digest = series_digest(series)
         state = State(url=redact_url(src.url), pin=src.commit, series=digest, head="", phase="applying")
         write_state(dest, state)
-        if series:
-            # No --quiet: it hides the "patch failed: FILE:LINE" lines the conflict message names.
-            am = ["am", "--3way", "--committer-date-is-author-date", "--no-gpg-sign"]
-            result = git.run([*am, *(str(p) for p in series)], dest, env=HERMETIC, check=False)
-            if not result.ok:
-                failed = failed_patch(dest, series)
-                self._abort_am(dest, git)
-                state.series, state.phase, state.failed_patch = [], "failed", failed.name
-                state.head = git.out(["rev-parse", "HEAD"], dest)
-                write_state(dest, state)
-                raise Failure(
-                    conflict_message(src, failed, series, result.stdout + result.stderr),
-                    hint=(
-                        f"see every patch's state with `stackforge patches check {src.name}`; fix {failed}, "
-                        f"then run `stackforge clone {src.name}` again (or apply the series by hand in "
-                        f"sources/{src.name} with `git am --3way`, resolve, `git am --continue`, and run "
-                        f"`stackforge patches export --force {src.name}`)"
-                    ),
-                )
+        run = apply_series(dest, series, git)
+        if run.failed is not None:
+            state.series, state.phase, state.failed_patch = [], "failed", run.failed.name
+            state.head = git.out(["rev-parse", "HEAD"], dest)
+            write_state(dest, state)
+            raise Failure(
+                conflict_message(src, run.failed, series, run.report),
+                hint=(
+                    f"see every patch's state with `stackforge patches check {src.name}`; fix {run.failed}, "
+                    f"then run `stackforge clone {src.name}` again (or apply the series by hand in "
+                    f"sources/{src.name} with `git am --3way`, resolve, `git am --continue`, and run "
+                    f"`stackforge patches export --force {src.name}`)"
+                ),
+            )
         state.head, state.phase = git.out(["rev-parse", "HEAD"], dest), "done"
         write_state(dest, state)
         return state.head
-
-    def _abort_am(self, dest: Path, git: Git) -> None:
-        if (dest / ".git" / "rebase-apply").exists():
-            git.run(["am", "--abort"], dest, env=HERMETIC, check=False)
-            shutil.rmtree(dest / ".git" / "rebase-apply", ignore_errors=True)
 
     def _backup(self, dest: Path, git: Git, *, dirty: bool, extra: bool) -> list[str]:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

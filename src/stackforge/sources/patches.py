@@ -1,5 +1,5 @@
 """Patch series: `patches export` (commits above the pin -> patches/<name>/) and
-`patches check` (apply a series to a scratch worktree and say how each patch fares).
+`patches check` (apply a series to a scratch worktree as clone would and say how each patch fares).
 
 Export uses fixed `git format-patch` options and no user git config, so the same commits give
 the same files on every machine and diffs of patches/ stay small.
@@ -7,15 +7,14 @@ the same files on every machine and diffs of patches/ stay small.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from stackforge.core.console import Failure, UsageError, info, warn
 from stackforge.core.git import HERMETIC, Git, redact_url
 from stackforge.core.workspace import Workspace
+from stackforge.sources.am import PatchResult, apply_series
 from stackforge.sources.checkouts import Checkouts, has_commit
 from stackforge.sources.series import (
     clean_leftovers,
@@ -32,55 +31,21 @@ from stackforge.spec.manifest import Source, load_manifest
 FORMAT_PATCH = ["format-patch", "--zero-commit", "--no-signature", "-N", "--full-index"]
 
 
-@dataclass
-class PatchResult:
-    patch: str
-    verdict: str  # clean | offset | fuzz | 3way | conflict
-    files: list[str] = field(default_factory=list)
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict != "conflict"
-
-
-def _touched(patch: Path) -> list[str]:
-    return sorted(set(re.findall(r"^diff --git a/(\S+) b/", patch.read_text(errors="replace"), re.M)))
-
-
 def check_series(repo: Path, base: str, patch_files: list[Path], git: Git | None = None) -> list[PatchResult]:
-    """Apply `patch_files` in order on `base` in a scratch worktree of `repo`; never touches `repo`'s
-    own worktree. Each patch is tried strictly, then with one line of context (like `patch`'s fuzz),
-    then as a 3-way merge; it is committed so the next patch sees it."""
+    """What `clone` would do with `patch_files` on `base`, patch by patch: the series is applied by
+    clone's own engine (one `git am --3way`, stackforge.sources.am) in a scratch worktree of `repo`,
+    whose own worktree is never touched. Like clone, it stops at the first patch that fails: the
+    ones after it are `not-tried`, since clone never applies them (fix that one, then check again)."""
     git = git or Git(quiet=True)
-    patch_files = [p.resolve() for p in patch_files]  # git apply runs inside the scratch worktree
+    patch_files = [p.resolve() for p in patch_files]  # git am runs inside the scratch worktree
     scratch = Path(tempfile.mkdtemp(prefix="stackforge-check-"))
     work = scratch / "wt"
-    results: list[PatchResult] = []
     git.run(["worktree", "add", "--detach", "--force", str(work), base], repo, echo=False)
     try:
-        for patch in patch_files:
-            files = _touched(patch)
-            strict = git.run(["apply", "--verbose", "--index", str(patch)], work, check=False, echo=False)
-            if strict.ok:
-                offsets = re.findall(r"Hunk #\d+ succeeded at \d+ \(offset (-?\d+) lines?\)", strict.stderr)
-                verdict = "offset" if offsets else "clean"
-                detail = f"offset {', '.join(offsets)} line(s)" if offsets else ""
-            elif git.run(["apply", "-C1", "--index", str(patch)], work, check=False, echo=False).ok:
-                verdict, detail = "fuzz", "applies only with reduced context (-C1)"
-            elif git.run(["apply", "--3way", "--index", str(patch)], work, check=False, echo=False).ok:
-                verdict, detail = "3way", "applies only as a 3-way merge"
-            else:
-                failing = sorted(set(re.findall(r"error: patch failed: (\S+):\d+", strict.stderr)))
-                failing += sorted(set(re.findall(r"error: (\S+): does not exist in index", strict.stderr)))
-                git.run(["reset", "--hard", "--quiet"], work, check=False, echo=False)
-                results.append(PatchResult(patch.name, "conflict", failing or files, strict.stderr.strip()))
-                continue  # later patches are still tried, on a tree without this one
-            msg = f"stackforge check: {patch.name}"
-            git.run(
-                ["commit", "--quiet", "--allow-empty", "-m", msg], work, env=HERMETIC, check=False, echo=False
-            )
-            results.append(PatchResult(patch.name, verdict, files, detail))
+        run = apply_series(work, patch_files, git, echo=False)
+        head = run.stopped_at if run.failed else git.out(["rev-parse", "HEAD"], work)
+        commits = git.out(["rev-list", "--reverse", f"{base}..{head}"], work).split() if head else []
+        results = run.verdicts(commits)
     finally:
         git.run(["worktree", "remove", "--force", str(work)], repo, check=False, echo=False)
         shutil.rmtree(scratch, ignore_errors=True)
