@@ -248,3 +248,19 @@ def test_the_real_stack_derives_pytorch_and_triton_and_compiles_vllm(
     assert sf(root, "build", "-e", env, "--dry-run", "--json", "--from-source", "all") == 1
     plan = {i["package"]: i["method"] for i in json.loads(capsys.readouterr().out)["plan"]}
     assert plan == dict.fromkeys(("triton-llvm", "triton", "pytorch", "vllm"), "source")
+
+
+def test_a_series_that_does_not_fit_the_artifact_stops_naming_the_patch(
+    tmp_path: Path, build_root: Path, binary_cache: Path, capsys
+) -> None:
+    # conda-forge's file is not the upstream one the series was made on (a feedstock patch, say)
+    changed = {WHEEL_PATH[r]: b"def has_triton():\n    return False  # feedstock edit\n" for r in TORCH_FILES}
+    root = workspace(tmp_path, forge(tmp_path, libtorch_sass=[60, 70], torch_files=changed))
+    assert sf(root, "lock") == 0
+    capsys.readouterr()
+    assert sf(root, "build", "-e", "pascal", "pytorch") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    patch = next((root / "patches" / "pytorch").glob("*.patch"))
+    assert f"{patch.name}: does not apply to pytorch-2.9.1-cuda129_generic_py312_h0_200's files" in err, err
+    assert "torch/utils/_triton.py" in err
+    assert not list((root / "output").glob("*/pytorch-*.conda"))

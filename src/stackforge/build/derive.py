@@ -25,7 +25,8 @@ from stackforge.build.recipes import DERIVED
 from stackforge.core.console import Failure, UsageError
 from stackforge.core.git import HERMETIC, Git
 from stackforge.core.workspace import Workspace
-from stackforge.sources.conflict import failed_patch
+from stackforge.sources.am import apply_series
+from stackforge.sources.conflict import conflict_lines
 from stackforge.sources.series import series_files
 from stackforge.spec.layout import repo_to_wheel
 from stackforge.spec.stack import Derive
@@ -126,14 +127,13 @@ def _apply(patches: list[Path], layout: str, site: Path, scratch: Path, label: s
     git.run(
         [*_BASE_AUTHOR, "commit", "-q", "--allow-empty", "--date=@0", "-m", label], tree, env=env, echo=False
     )
-    am = ["am", "--3way", "--no-gpg-sign", *(str(p) for p in patches)]
-    result = git.run(am, tree, env=env, check=False, echo=False)
-    if not result.ok:
-        bad = failed_patch(tree, patches)
+    run = apply_series(tree, patches, git, echo=False)  # clone's engine, so the verdict is clone's
+    if run.failed is not None:
+        _files, lines = conflict_lines(run.failed, run.report)
         raise Failure(
-            f"{bad}: does not apply to {label}'s files: {(result.stdout + result.stderr).strip().splitlines()[-1:]}",
-            hint="the artifact's Python files differ from the pinned source; rebase the series on them "
-            "(`stackforge patches check`), or build from source: --from-source",
+            f"{run.failed}: does not apply to {label}'s files" + "".join(f"\n  {line}" for line in lines),
+            hint="the artifact's Python files differ from the pinned source; rebase the series on them, "
+            "or build from source: --from-source",
         )
     changed = []
     for repo_path, wheel_path in mapped.items():
