@@ -24,7 +24,7 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
 
     ws = find_workspace(args.root)
     env = load_env(ws, args.env)
-    vllm_src = Path(args.vllm_src).resolve() if args.vllm_src else ws.checkout("vllm")
+    vllm_src = _vllm_tree(ws, args.vllm_src)
     if args.triton_patches == "none":
         patches: list[Path] = []
     else:
@@ -82,6 +82,25 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
     return code
 
 
+def _vllm_tree(ws, spec: str | None) -> Path:
+    """--vllm-src: a tree, `pypi` (the stack's release from PyPI plus patches/vllm, cached) or
+    `pypi:X.Y.Z`; default sources/vllm, or a usage error saying how to audit without a clone."""
+    if spec and (spec == "pypi" or spec.startswith("pypi:")):
+        from stackforge.spec.stack import load_stack
+        from stackforge.verify.upstream.repos import patched_sdist_tree
+
+        version = spec.partition(":")[2] or load_stack(ws).version("vllm")
+        info(f"vLLM {version} from its PyPI sdist, with {ws.patch_dir('vllm')} applied")
+        return patched_sdist_tree(version, sorted(ws.patch_dir("vllm").glob("*.patch")))
+    tree = Path(spec).resolve() if spec else ws.checkout("vllm")
+    if not (tree / "vllm").is_dir():
+        raise UsageError(
+            f"{tree}: not a vLLM source tree" if spec else f"{tree} is not cloned",
+            hint="`stackforge clone vllm`, or audit the PyPI sdist with the series: --vllm-src pypi",
+        )
+    return tree
+
+
 def _head_sizes(text: str) -> tuple[int, ...]:
     """`--head-sizes 64,128`: whole numbers from 16 up (a usage error otherwise, never a traceback)."""
     sizes = []
@@ -109,7 +128,11 @@ def _register_kernels(groups: dict[str, Any]) -> None:
         "Pascal/Volta user reaches, at vLLM's launch shapes, with Triton's compiler and ptxas, before a build.",
     )
     add_env(p)
-    p.add_argument("--vllm-src", help="vLLM source tree (default: sources/vllm of the workspace)")
+    p.add_argument(
+        "--vllm-src",
+        help="vLLM source tree (default: sources/vllm of the workspace), or `pypi` / `pypi:X.Y.Z`: the "
+        "release's PyPI sdist with patches/vllm applied (downloaded once, cached), when nothing is cloned",
+    )
     p.add_argument(
         "--triton-patches", help="folder of Triton patches to overlay (default patches/triton; 'none')"
     )

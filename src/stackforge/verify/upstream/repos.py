@@ -212,3 +212,29 @@ def patched_repo(
     upstream_repo(name, dest, patch_files=patches, version=version)
     apply_series(dest, patches)
     return dest
+
+
+def patched_sdist_tree(version: str, patch_files: Sequence[Path]) -> Path:
+    """The vLLM `version` sdist with the series applied, kept in the cache under the series'
+    digest: what `audit kernels --vllm-src pypi[:VERSION]` audits when no checkout exists."""
+    import hashlib
+
+    digest = hashlib.sha256(
+        b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in patch_files)
+    ).hexdigest()
+    dest = cache_dir() / "patched" / f"vllm-{version}-{digest[:12]}"
+    if (dest / "vllm").is_dir():
+        return dest
+    with _lock(f"patched-{dest.name}"):
+        if (dest / "vllm").is_dir():
+            return dest
+        scratch = Path(
+            tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent if dest.parent.exists() else None)
+        )
+        try:
+            patched_repo("vllm", scratch / "tree", list(patch_files), version=version)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(scratch / "tree", dest)  # whole or not at all: a killed run leaves no half tree
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return dest
