@@ -22,9 +22,9 @@ from forgehelpers import (
     workspace,
 )
 
+from stackforge.build.channel import extract_package
 from stackforge.cli import main
 from stackforge.core.files import sha256_file
-from stackforge.verify.binaries import extract_package
 
 pytestmark = [*NEEDS_TOOLS, pytest.mark.build]
 

@@ -132,3 +132,19 @@ def index_is_stale(channel: Path) -> bool:
     """Whether repodata.json misses a package file or lists one that is gone, or is unreadable."""
     on_disk = {p.name for p in packages(channel)}
     return on_disk != indexed_files(channel) or not (channel / "noarch" / "repodata.json").is_file()
+
+
+def extract_package(package: Path, dest: Path) -> Path:
+    """Unpack a .conda or .tar.bz2 with rattler (the same code pixi installs with)."""
+    from rattler.package_streaming import extract  # imported late: rattler's import is not free
+
+    from stackforge.core.console import Failure
+
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        extract(package, dest)
+    except Exception as exc:  # rattler raises its own exception types
+        raise Failure(
+            f"{package}: cannot extract: {exc}", hint="delete or rebuild it; it may be truncated"
+        ) from exc
+    return dest

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from stackforge.build.channel import extract_package
 from stackforge.build.inputs import DerivedPins, fetch
 from stackforge.build.recipes import DERIVED
 from stackforge.core.console import Failure, UsageError
@@ -68,17 +69,6 @@ def site_packages(root: Path) -> Path:
     if len(found) != 1:
         raise Failure(f"{root}: expected one lib/python3.*/site-packages, found {len(found)}")
     return found[0]
-
-
-def _extract(archive: Path, dest: Path) -> None:
-    from rattler.package_streaming import extract
-
-    try:
-        extract(archive, dest)
-    except Exception as exc:  # rattler raises its own exception types
-        raise Failure(
-            f"{archive}: cannot unpack: {exc}", hint="delete it; the next build fetches it again"
-        ) from exc
 
 
 def _prefix_files(unpacked: Path, label: str) -> list[tuple[str, str]]:
@@ -153,7 +143,7 @@ def prepare(ws: Workspace, derive: Derive, pins: DerivedPins, staging: Path) -> 
     archive = fetch(pins.input)
     payload = staging / "payload"
     files = payload / "files"
-    _extract(archive, files)
+    extract_package(archive, files)
     info = files / "info"
     prefix = _prefix_files(files, label)
     run_exports = info / "run_exports.json"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from stackforge.build.channel import extract_package
 from stackforge.core.console import Failure, UsageError
 from stackforge.core.workspace import Workspace
 from stackforge.cuda.caps import sm
@@ -74,20 +75,6 @@ def env_packages(ws: Workspace, env: GpuEnv) -> list[Path]:
         if is_package(path) and set(build_string_archs(package_build_string(path)) or ()) == set(env.archs):
             found.append(path)
     return found
-
-
-def extract_package(package: Path, dest: Path) -> Path:
-    """Unpack a .conda or .tar.bz2 with rattler (the same code pixi installs with)."""
-    from rattler.package_streaming import extract  # imported late: rattler's import is not free
-
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        extract(package, dest)
-    except Exception as exc:  # rattler raises its own exception types
-        raise Failure(
-            f"{package}: cannot extract: {exc}", hint="rebuild the package; it may be truncated"
-        ) from exc
-    return dest
 
 
 def candidate_files(root: Path) -> Iterable[Path]:
