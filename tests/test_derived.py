@@ -264,3 +264,17 @@ def test_a_series_that_does_not_fit_the_artifact_stops_naming_the_patch(
     assert f"{patch.name}: does not apply to pytorch-2.9.1-cuda129_generic_py312_h0_200's files" in err, err
     assert "torch/utils/_triton.py" in err
     assert not list((root / "output").glob("*/pytorch-*.conda"))
+
+
+def test_lock_without_the_channel_locks_the_rest_and_says_what_is_not_pinned(
+    derived_ws: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    shutil.rmtree(tmp_path / "forge")  # the channel is out of reach
+    assert sf(derived_ws, "lock") == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "not pinned pytorch (pascal)" in err and "run `stackforge lock` where it is reachable" in err, err
+    assert "binaries" not in _lock(derived_ws) and _lock(derived_ws)["sources"]
+    assert sf(derived_ws, "lock", "--check") == 1
+    assert "binaries: not in the lock" in capsys.readouterr().out

@@ -72,6 +72,10 @@ def binary_state(ws: Workspace, env: GpuEnv, *, resolve: bool, update: bool = Fa
             except NoArtifact as exc:  # the package then compiles from source, and says why
                 err.print(f"[yellow]{name}[/yellow]: {escape(exc.message)}; it will be compiled from source")
                 found[name] = {"unavailable": d.spec(versions[name])}
+            except Failure as exc:  # no channel here: lock the rest; the derived package stays blocked
+                err.print(
+                    f"[yellow]not pinned[/yellow] {name} ({env.name}): {escape(exc.message)}\n  {escape(exc.hint or '')}"
+                )
         else:
             found[name] = f"unresolved: {d.spec(versions[name])} (run `stackforge lock`)"
     return found
