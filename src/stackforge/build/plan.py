@@ -7,7 +7,9 @@ packages among its build/host requirements, and the tools that shape the bytes (
 zstd, stackforge's repacking). Its first 8 hex digits are in the build string,
 `cuda129_sm60_61_h1a2b3c4d_0`; a package whose file is already in output/ is not rebuilt.
 Run-only requirements order the build but do not enter the key, so a Triton patch rebuilds
-triton only, a PyTorch patch rebuilds pytorch and vllm."""
+triton only, a PyTorch patch rebuilds pytorch and vllm. A derived package (stack.yaml `derive:`,
+stackforge.build.methods) is keyed by recipes/derived/, the variant, its binary pins from
+stackforge.lock and its series instead of a checkout; the plan says per package how it is made."""
 
 from __future__ import annotations
 
