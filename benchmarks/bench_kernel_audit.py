@@ -1,7 +1,8 @@
 """Benchmark `stackforge audit kernels`: a cold run (an empty Triton cache) and a warm one, wall
 and CPU time (the audit and its workers), and the figures the audit reads from each cubin for
-the kernels a user reaches: registers, local-memory bytes, fp16 SASS instructions. Prints
-figures; asserts nothing.
+the kernels a user reaches: registers, local-memory bytes, fp16 SASS instructions, shared bytes
+and theoretical occupancy (resident warps per SM, what limits them). Prints figures; asserts
+nothing.
 
     python benchmarks/bench_kernel_audit.py [-e pascal] [--vllm-src DIR] [--all] [--jobs N]
 
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 
@@ -84,19 +85,38 @@ def main() -> int:
     archs = report["archs"]
     print(
         f"\n{'case':34} {'reach':20} "
-        + " ".join(f"{'sm_' + str(a) + ' regs/local/fp16/smem':28}" for a in archs)
+        + " ".join(f"{'sm_' + str(a) + ' regs/local/fp16/smem/warps':40}" for a in archs)
     )
     for case, by_arch in rows.items():
         cells = []
         for a in archs:
             r, st = by_arch[a], by_arch[a].get("stats") or {}
+            occ = r.get("occupancy")
+            warps = f"{occ['warps']}/{occ['max_warps']} {'+'.join(occ['limited_by'])}" if occ else "-"
             cells.append(
-                f"{st.get('regs')}/{st.get('local')}/{st.get('fp16_ops')}/{r['shared']}"
+                f"{st.get('regs')}/{st.get('local')}/{st.get('fp16_ops')}/{r['shared']}/{warps}"
                 if r["status"] == "ok"
                 else r["status"]
             )
-        print(f"{case:34} {by_arch[archs[0]]['reach']:20} " + " ".join(f"{c:28}" for c in cells))
+        print(f"{case:34} {by_arch[archs[0]]['reach']:20} " + " ".join(f"{c:40}" for c in cells))
+    _occupancy_summary(report["results"])
     return 0
+
+
+def _occupancy_summary(results: list[dict]) -> None:
+    """Per arch: how the compiled kernels' theoretical occupancy spreads, and what limits it."""
+    by_arch: dict[int, list[dict]] = defaultdict(list)
+    for r in results:
+        if r.get("occupancy"):
+            by_arch[r["arch"]].append(r["occupancy"])
+    for arch, occs in sorted(by_arch.items()):
+        ratios = sorted(o["ratio"] for o in occs)
+        limits = Counter("+".join(o["limited_by"]) for o in occs)
+        print(
+            f"sm_{arch} occupancy over {len(occs)} compiles: min {ratios[0]:.0%}, "
+            f"median {ratios[len(ratios) // 2]:.0%}, max {ratios[-1]:.0%}; limited by "
+            + ", ".join(f"{k} {n}" for k, n in limits.most_common())
+        )
 
 
 if __name__ == "__main__":

@@ -6,11 +6,42 @@ limit, arithmetic throughput: fp16 on 6.1 runs at 1/64 of fp32, on 6.0 and 7.0 a
 the Volta tuning guide (96 KB opt-in, tensor cores), and the CUDA 12.x/13.0 release notes
 (offline compilation for compute capability below 7.5 was removed in CUDA 13.0; 12.9 is the last
 toolkit that compiles it).
+
+The per-SM limits (`SmLimits`, for theoretical occupancy: `stackforge.cuda.occupancy`) are the
+Programming Guide's "Technical Specifications per Compute Capability" table (resident blocks,
+warps and threads per SM, 64K 32-bit registers per SM and per block, 255 registers per thread,
+shared memory per SM: 64 KB on 6.0, 96 KB on 6.1 and 7.0) and the CUDA Occupancy Calculator's
+"GPU data" (`cuda_occupancy.h` in the toolkit): registers go to a warp in units of 256, shared
+memory to a block in units of 256 bytes, and a block's warps are spread over the register file's
+partitions, 2 on 6.0 (GP100's two processing blocks) and 4 on 6.1 and 7.0. Volta's shared memory
+and L1 share 128 KB; the shared part is a carveout of 0, 8, 16, 32, 64 or 96 KB per SM.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SmLimits:
+    """What one SM holds at once: the resources resident blocks share (occupancy)."""
+
+    threads: int  # resident threads per SM
+    warps: int  # resident warps per SM
+    blocks: int  # resident blocks per SM
+    regs: int  # 32-bit registers per SM
+    regs_per_block: int
+    regs_per_thread: int  # ptxas' ceiling (cuda_occupancy.h says 256 from 7.0; ptxas gives 255)
+    reg_unit: int  # registers are given to each warp in multiples of this
+    # register-file partitions a block's warps are spread over (the calculator's "warp allocation
+    # granularity"): each holds regs / reg_partitions, so warps per SM are a multiple of this
+    reg_partitions: int
+    smem: int  # shared memory bytes per SM (7.0: the largest carveout)
+    smem_unit: int  # shared memory is given to each block in multiples of this
+    smem_carveouts: tuple[int, ...]  # shared/L1 splits (bytes of shared); () if dedicated
+
+
+_VOLTA_CARVEOUTS = tuple(k * 1024 for k in (0, 8, 16, 32, 64, 96))
 
 
 @dataclass(frozen=True)
@@ -27,6 +58,7 @@ class Capability:
     tensor_cores: bool
     min_cuda: str  # oldest toolkit that compiles for it
     max_cuda: str  # newest toolkit that compiles for it
+    per_sm: SmLimits
 
     @property
     def dotted(self) -> str:
@@ -40,7 +72,31 @@ class Capability:
 CAPABILITIES: dict[int, Capability] = {
     c.arch: c
     for c in (
-        Capability(60, "Pascal", "Tesla P100", 49152, 49152, False, "2x fp32", False, "8.0", "12.9"),
+        Capability(
+            60,
+            "Pascal",
+            "Tesla P100",
+            49152,
+            49152,
+            False,
+            "2x fp32",
+            False,
+            "8.0",
+            "12.9",
+            SmLimits(
+                threads=2048,
+                warps=64,
+                blocks=32,
+                regs=65536,
+                regs_per_block=65536,
+                regs_per_thread=255,
+                reg_unit=256,
+                reg_partitions=2,
+                smem=65536,
+                smem_unit=256,
+                smem_carveouts=(),
+            ),
+        ),
         Capability(
             61,
             "Pascal",
@@ -52,6 +108,19 @@ CAPABILITIES: dict[int, Capability] = {
             False,
             "8.0",
             "12.9",
+            SmLimits(
+                threads=2048,
+                warps=64,
+                blocks=32,
+                regs=65536,
+                regs_per_block=65536,
+                regs_per_thread=255,
+                reg_unit=256,
+                reg_partitions=4,
+                smem=98304,
+                smem_unit=256,
+                smem_carveouts=(),
+            ),
         ),
         Capability(
             70,
@@ -64,6 +133,19 @@ CAPABILITIES: dict[int, Capability] = {
             True,
             "9.0",
             "12.9",
+            SmLimits(
+                threads=2048,
+                warps=64,
+                blocks=32,
+                regs=65536,
+                regs_per_block=65536,
+                regs_per_thread=255,
+                reg_unit=256,
+                reg_partitions=4,
+                smem=98304,
+                smem_unit=256,
+                smem_carveouts=_VOLTA_CARVEOUTS,
+            ),
         ),
     )
 }

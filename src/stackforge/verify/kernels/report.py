@@ -9,12 +9,14 @@ from typing import Any
 from rich.table import Table
 
 from stackforge.core.console import out
-from stackforge.cuda.caps import sm
+from stackforge.cuda.caps import CAPABILITIES, sm
+from stackforge.cuda.occupancy import Occupancy, occupancy
 
 STATUSES = ("ok", "ptxas-error", "shared-memory", "compile-error", "load-error", "timeout", "worker-died")
 # who reaches a kernel on Pascal/Volta (`Case.reach`), in the words of the report
 REACH = {"default": "default", "model": "some models", "option": "a vLLM option",
          "not-default-backend": "never by default (another backend)"}  # fmt: skip
+SHORT = {"registers": "regs", "shared-memory": "smem", "warps": "warps", "blocks": "blocks"}  # in table cells
 
 
 @dataclass
@@ -36,6 +38,20 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def occupancy(self) -> Occupancy | None:
+        """Theoretical occupancy from the cubin's registers, the launch's warps and its shared memory;
+        None without them (a failed compile, no cuobjdump). Computed here, not in the worker, so
+        cached cubin figures of earlier runs get it too."""
+        st = self.stats
+        if not self.ok or st.get("regs") is None or not st.get("warps") or self.arch not in CAPABILITIES:
+            return None
+        return occupancy(self.arch, st["warps"], st["regs"], self.shared or 0)
+
+    def to_json(self) -> dict[str, Any]:
+        occ = self.occupancy
+        return {**asdict(self), "occupancy": occ.to_json() if occ else None}
 
 
 @dataclass
@@ -78,7 +94,7 @@ class Report:
             "vllm_src": self.vllm_src,
             "triton": self.triton,
             "summary": self.summary(),
-            "results": [asdict(r) for r in self.results],
+            "results": [r.to_json() for r in self.results],
             "not_audited": self.skipped,
         }
 
@@ -89,6 +105,11 @@ def _cell(r: Result) -> str:
         text = f"[green]ok[/green] {r.shared}"
         if st.get("regs") is not None:
             text += f" {st['regs']}r"
+        occ = r.occupancy
+        if occ is not None:  # resident warps per SM of the maximum, and what stops more
+            text += f" {occ.warps}/{occ.max_warps}w"
+            if occ.ratio < 1:
+                text += f" ({'+'.join(SHORT[n] for n in occ.limited_by)})"
         if st.get("local"):
             text += f" [yellow]local {st['local']}[/yellow]"
         if st.get("fp16_ops"):
@@ -141,5 +162,6 @@ def print_report(report: Report) -> None:
     c = s["coverage"]
     out.print(
         f"coverage: {c['reached']} kernels reached on these GPUs, {c['audited']} audited, {c['passing']} passing "
-        "(cells: shared bytes, registers, local-memory bytes, fp16 SASS instructions)"
+        "(cells: shared bytes, registers, resident warps per SM of the maximum and what limits them, "
+        "local-memory bytes, fp16 SASS instructions)"
     )
