@@ -35,6 +35,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(count: int) -> int:
+    """A port p with p .. p+count-1 all free now (serve puts its servers right above the router's
+    port): on a machine where other suites run servers too, one free port says nothing of p+1."""
+    for _ in range(50):
+        port = free_port()
+        socks = []
+        try:
+            for offset in range(count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((LOOPBACK, port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError(f"no run of {count} free ports on {LOOPBACK}")
+
+
 def start_fake(port: int = 0) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         [sys.executable, str(FAKE), "--host", LOOPBACK, "--port", str(port)],

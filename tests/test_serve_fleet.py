@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_router import FAKE, NGINX, chat, free_port, needs_nginx
+from test_router import FAKE, NGINX, chat, free_port, free_port_run, needs_nginx
 from test_run_simple import SECRET, Box
 
 from stackforge.run import router
@@ -65,7 +65,7 @@ def post_json(port: int) -> dict:
         conn.close()
 
 
-def _wait(what: str, check, timeout: float = 30.0):
+def _wait(what: str, check, timeout: float = 60.0):  # a loaded 2-core machine starts servers slowly
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
@@ -78,7 +78,7 @@ def _wait(what: str, check, timeout: float = 30.0):
 @needs_nginx
 def test_serve_two_gpus_behind_nginx_and_stop(tmp_path: Path):
     box = Box(tmp_path)
-    port = free_port()
+    port = free_port_run(3)  # the router's port and its two servers'
     env = {
         **box.env,
         **replay("p40x2"),
