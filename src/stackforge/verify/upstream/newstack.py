@@ -270,17 +270,18 @@ def _make(
 
 def _bases(ws: Workspace, origin: Workspace) -> dict[str, list[tuple[str, bool]]]:
     """package -> releases its series may have been written against: the source stack's (may be
-    downloaded), then every other stack's of the workspace (used only if cached), since a stack
-    made by `stack new` carries its source's series until they are rebased."""
+    required), then every other stack's of the workspace (read only for blobs still missing), since
+    a stack made by `stack new` carries its source's series until they are rebased."""
     bases: dict[str, list[tuple[str, bool]]] = {}
     others = [Workspace(ws.root)] + [Workspace(ws.root, s) for s in ws.stacks() if not s.startswith(".")]
-    for stack_ws, download in [(origin, True)] + [(o, False) for o in others if o != origin]:
+    for stack_ws, required in [(origin, True)] + [(o, False) for o in others if o != origin]:
         try:
             versions = load_stack(stack_ws).versions
         except UsageError:
             continue  # another stack's broken file is not this command's business
         for package, version in versions.items():
-            bases.setdefault(package, []).append((version, download))
+            if version not in (v for v, _ in bases.get(package, [])):
+                bases.setdefault(package, []).append((version, required))
     return bases
 
 

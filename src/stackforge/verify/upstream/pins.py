@@ -211,7 +211,8 @@ def _resolve(value: str, values: dict[str, list[tuple[str, bool]]]) -> tuple[str
 def torch_reads(version: str) -> tuple[Read, Read | None]:
     """The triton requirement (METADATA Requires-Dist) and git_version (torch/version.py) of the
     PyPI torch `version` wheel, both read by HTTP range requests."""
-    metadata = next((m for m in wheel_members("torch", version) if m.endswith(".dist-info/METADATA")), None)
+    members = wheel_members("torch", version)
+    metadata = next((m for m in members if m.endswith(".dist-info/METADATA")), None)
     if metadata is None:
         raise Failure(f"the torch {version} wheel has no *.dist-info/METADATA")
     text = wheel_member("torch", version, metadata).decode("utf-8", errors="replace")
@@ -227,7 +228,12 @@ def torch_reads(version: str) -> tuple[Read, Read | None]:
             hint="write the triton version into stack.yaml by hand",
         )
     commit = None
-    source = wheel_member("torch", version, "torch/version.py").decode("utf-8", errors="replace")
+    has_version = "torch/version.py" in members
+    source = (
+        wheel_member("torch", version, "torch/version.py").decode("utf-8", errors="replace")
+        if has_version
+        else ""
+    )
     for lineno, line in enumerate(source.splitlines(), 1):
         m = re.match(r"\s*git_version\s*=\s*['\"]([0-9a-f]{40})['\"]", line)
         if m:

@@ -252,9 +252,10 @@ def _external(w: _Writer, src: Source, ext: External, *, new: bool = False) -> N
     )
     where = f"{ext.where} ({ext.project})"
     others = f"; other platforms: {', '.join(ext.others)}" if ext.others else ""
-    if not new and ext.value == src.commit:
+    pinned = not new and src.name not in w.unpinned  # else say afresh why there is no pin
+    if pinned and ext.value == src.commit:
         w.keep(src, f"unchanged ({ext.where})")
-    elif not new and ext.kind == "tag" and ext.value == src.ref:
+    elif pinned and ext.kind == "tag" and ext.value == src.ref:
         w.keep(src, f"tag {ext.value} unchanged ({ext.where}): the pin carries over")
     elif ext.kind == "sha":
         w.pin(src, ext.value, None, where, ext.where, "new" if new else "updated")

@@ -20,7 +20,7 @@ from stackforge.core.console import Failure
 from stackforge.core.git import HERMETIC, Git
 from stackforge.spec.layout import repo_to_wheel
 from stackforge.verify.upstream import repos
-from stackforge.verify.upstream.pypi import PYPI_PROJECT, cache_dir, vllm_sdist, wheel_member, wheel_members
+from stackforge.verify.upstream.pypi import PYPI_PROJECT, vllm_sdist, wheel_member, wheel_members
 
 _FAILED = (
     re.compile(r"^error: patch failed: (\S+):\d+", re.M),
@@ -92,15 +92,6 @@ def _blob(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _cached(name: str, version: str) -> bool:
-    """Whether the stackforge cache already holds that release (pypi's cache layout)."""
-    if name == "vllm":
-        return (cache_dir() / "sdist" / f"vllm-{version}" / "CMakeLists.txt").is_file()
-    return (
-        cache_dir() / "wheels" / f"{PYPI_PROJECT[name]}-{version}-cp312-manylinux" / "wheel.json"
-    ).is_file()
-
-
 def _files(name: str, version: str, paths: set[str]) -> dict[str, bytes]:
     """repo path -> bytes of the `paths` that release `version` of `name` ships."""
     if name == "vllm":
@@ -115,7 +106,8 @@ def _add_bases(
     repo: Path, name: str, version: str, patches: list[Path], bases: list[tuple[str, bool]]
 ) -> str:
     """Write into `repo`'s object store the blobs the series was written against, taken from the
-    releases `bases` ((version, may download); the others only from the cache), so that `git am
+    releases `bases` ((version, required): a release not required that cannot be had is passed
+    over, and only read while blobs are still missing), so that `git am
     --3way` can merge as on a clone whose history holds them. Says what was found."""
     wanted = _preimages(patches)
     current = _files(name, version, set(wanted.values()))
@@ -125,15 +117,15 @@ def _add_bases(
     found: set[str] = set()
     used, tried = [], []
     scratch = repo / ".git" / "stackforge-blob"
-    for base, may_download in dict.fromkeys(bases):
-        if base == version or len(found) == len(wanted) or not (may_download or _cached(name, base)):
+    for base, required in bases:
+        if base == version or len(found) == len(wanted):
             continue
         try:
             files = _files(name, base, set(wanted.values()))
         except Failure:
-            if may_download:
+            if required:
                 raise
-            continue  # another stack's release, only partly cached: the network is not needed for it
+            continue  # another stack's release, not on the index or out of reach: not needed
         tried.append(base)
         new = 0
         for data in files.values():
