@@ -47,9 +47,13 @@ class Workspace:
         return self.stack_root / "stackforge.lock"
 
     def stacks(self) -> list[str]:
-        """The other stacks of this workspace, by folder name."""
+        """The other stacks of this workspace, by folder name (not `stack new`'s hidden staging)."""
         folder = self.root / STACKS
-        return sorted(p.name for p in folder.iterdir() if (p / MANIFEST).is_file()) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
 
     @property
     def sources(self) -> Path:
