@@ -168,8 +168,8 @@ def build_triton(
                     module = modules[case.module]
                     if isinstance(module, Exception):
                         raise module
-                    name, fn = case.find(module)  # the tree's kernel, and its arguments of the launch
-                    case = dataclasses.replace(case, function=name)
+                    function, fn = case.find(module)  # the tree's kernel, and its arguments of the launch
+                    case = dataclasses.replace(case, function=function)
                     launch = fit(fn, case.build(module, arch, CAPABILITIES[arch].smem_per_block_optin))
                     kernel, bound, signature = compile_launch(fn, launch, arch)
                     if kernel.metadata.shared > CAPABILITIES[arch].smem_per_block_optin:
