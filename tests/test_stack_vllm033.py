@@ -10,12 +10,15 @@ taking them out of the patched modules with ast.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import subprocess
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import upstreamhelpers
 from conftest import online
@@ -192,6 +195,13 @@ def test_kernel_launchers_fit_the_shared_memory(repos: Callable[[str, bool], Pat
     exec(enc[start : enc.index("def get_block_size")], ns)
     assert [ns["fma_block_size"](64, d, 49152) for d in (64, 128, 256)] == [64, 32, 16]
     assert [ns["fma_block_size"](64, d, 98304) for d in (64, 128, 256)] == [64, 64, 32]
+    uni = (tree / "vllm/v1/attention/ops/triton_unified_attention.py").read_text()
+    start = uni.index("def fma_tile_size")
+    exec(uni[start : uni.index("def _get_tile_size")], ns)
+    # Gemma 2/3 in float32 at head 256 (BLOCK_M 16): 16 on a 48 KB Pascal GPU, 32 on a V100;
+    # float16 keeps 32 everywhere
+    assert [ns["fma_tile_size"](32, 16, 256, 4, smem) for smem in (49152, 98304)] == [16, 32]
+    assert ns["fma_tile_size"](32, 16, 256, 2, 49152) == 32
 
 
 # --- PyTorch 2.14.0 -----------------------------------------------------------------------------
@@ -221,3 +231,70 @@ def test_inductor_triton_gates(patched: bool, repos: Callable[[str, bool], Path]
     assert scheduler_bound(tree) == lowest
     message = (tree / "torch/_inductor/exc.py").read_text()
     assert f"Triton only supports devices of CUDA Capability >= {lowest}.0" in message
+
+
+# --- the kernel audit on the 0.33.0 tree (needs the stack's triton installed) ----------------------
+
+AUDITED = ["unified_attention_2d", "unified_attention_3d", "reduce_segments", "reshape_and_cache_flash",
+           "encoder_prefill_attention", "prefix_prefill", "paged_attention_2d", "lora_shrink", "bincount"]  # fmt: skip
+
+
+def _stack_triton() -> None:
+    installed = importlib.metadata.version("triton")
+    if installed != VERSIONS["triton"]:
+        pytest.skip(
+            f"the kernel audit of vLLM {VERSIONS['vllm']} compiles with the stack's triton {VERSIONS['triton']} "
+            f"(its compiler, its ptxas and the series rebased onto it); this environment has triton {installed}"
+        )
+
+
+def test_kernel_audit_for_pascal_unpatched_fails_and_the_series_compiles(
+    repos: Callable[[str, bool], Path], tmp_path: Path
+) -> None:
+    """The 0.33.0 sdist as shipped fails for sm_61 as the 0.14 one did (evict_last, prefix prefill
+    and encoder shared memory, atomics' memory order); with the stack's vLLM and Triton series
+    every audited kernel compiles for sm_60 and sm_61, the Gemma 2/3 float32 launches of
+    TRITON_ATTN included, and every launch record is one the numerics runner reads."""
+    _stack_triton()
+    from stackforge.verify.kernels.audit import audit
+    from stackforge.verify.kernels.dtypes import auto_dtype
+    from stackforge.verify.numerics.gpu import ptx_param_types
+    from stackforge.verify.numerics.records import RECORD_SCHEMA
+
+    state = tmp_path / "state"
+    plain = audit(
+        None, "pascal", [61], repos("vllm", False), [], kernels=["paged_attention_2d", "prefix_prefill/h",
+        "encoder_prefill_attention", "unified_attention_2d/h", "lora_shrink/s1", "bincount"],
+        head_sizes=(128,), state=state, show_progress=False,
+    )  # fmt: skip
+    by = {r.case: r for r in plain.results}
+    assert "Modifier '.evict_last' on 'ld' requires .target sm_70" in by["paged_attention_2d/h128"].message
+    assert (by["prefix_prefill/h128"].status, by["prefix_prefill/h128"].shared) == ("shared-memory", 98304)
+    assert (by["encoder_prefill_attention/h128"].status, by["encoder_prefill_attention/h128"].shared) == (
+        "shared-memory", 65536)  # fmt: skip
+    assert "Feature '.relaxed' requires .target sm_70" in by["lora_shrink/s1"].message
+    assert "requires .target sm_70" in by["bincount/p3100"].message
+    assert by["unified_attention_2d/h128"].ok  # TRITON_ATTN's kernel compiles as shipped
+
+    tree = repos("vllm", True)
+    assert auto_dtype(tree, 61, "gemma2") == "float32"  # the model cases below run in float32
+    report = audit(
+        None, "pascal", [60, 61], tree, series("triton"), kernels=AUDITED, head_sizes=(64, 256),
+        state=state, save=tmp_path / "ptx", show_progress=False,
+    )  # fmt: skip
+    assert not report.failures, [(r.case, r.arch, r.status, r.message) for r in report.failures]
+    assert report.triton["version"] == VERSIONS["triton"] and report.triton["how"] == "overlay"
+    by = {(r.case, r.arch): r for r in report.results}
+    for arch in (60, 61):  # Gemma 2's fp32 prefill tile (0022): 16 wide, 33792 bytes
+        assert by["unified_attention_2d/gemma2-fp32", arch].shared <= 49152
+    saved = sorted((tmp_path / "ptx").glob("sm_*/*.json"))
+    assert len(saved) == len(report.results)
+    functions = set()
+    for path in saved:
+        record = json.loads(path.read_text())
+        jsonschema.validate(record, RECORD_SCHEMA)
+        (launch,) = record["launches"]
+        ptx = (path.parent / launch["ptx"]).read_text()
+        assert len(ptx_param_types(ptx, launch["entry"])) == len(launch["args"]) + 2  # + Triton's scratch
+        functions.add(launch["function"])
+    assert "kernel_unified_attention" in functions and "kernel_unified_attention_2d" not in functions

@@ -29,6 +29,7 @@ from typing import Any
 from stackforge.core.files import atomic_write
 from stackforge.cuda.caps import CAPABILITIES, sm
 from stackforge.verify.kernels.cases import Case, all_cases
+from stackforge.verify.kernels.launch import fit
 from stackforge.verify.kernels.report import Result
 from stackforge.verify.kernels.sass import cubin_stats
 from stackforge.verify.kernels.worker import serve
@@ -75,7 +76,10 @@ def _fail(res: Result, exc: Exception) -> None:
 def _save(save: Path | None, case: Case, arch: int, compiled: tuple, ptx: str | None = None) -> None:
     if save is None:  # a numerics record: `stackforge.verify.numerics.gpu` runs it where it has a reference
         return
-    record, ptxs = triton_record(case.kernel, case.kernel, case.shape, arch, [(case, *compiled)])
+    kernel, bound, signature, launch, case = compiled  # the case as compiled: the tree's kernel name
+    record, ptxs = triton_record(
+        case.kernel, case.kernel, case.shape, arch, [(case, kernel, bound, signature, launch)]
+    )
     record["arch"] = arch
     write_record(save / sm(arch), _safe(case.id), record, [ptx] if ptx is not None else ptxs)
 
@@ -92,19 +96,22 @@ def _verdict_path(fn: Any, launch: Any, arch: int) -> Path:
 
 
 def run_case(case: Case, module: Any, arch: int, save: Path | None) -> tuple[Result, tuple | None]:
-    """Compile `case` for `arch` with Triton: the result and (kernel, bound, signature, launch)."""
+    """Compile `case` for `arch` with Triton: the result and (kernel, bound, signature, launch,
+    case as compiled); the tree's kernel is found by name (`Case.find`) and its launch fitted to
+    the kernel's parameters (`launch.fit`)."""
     res, start, compiled = _result(case, arch), time.monotonic(), None
     verdict: Path | None = None
     try:
-        launch = case.build(module, arch, _limit(arch))
-        fn = getattr(module, case.function)
+        name, fn = case.find(module)
+        case = dataclasses.replace(case, function=name)  # the record names the tree's kernel
+        launch = fit(fn, case.build(module, arch, _limit(arch)))
         verdict = _verdict_path(fn, launch, arch)
         if verdict.is_file():  # the same compile failed before: same verdict, no Triton
             known = json.loads(verdict.read_text())
             res.status, res.message, res.shared = known["status"], known["message"], known["shared"]
             return res, None
         kernel, bound, signature = compile_launch(fn, launch, arch)
-        compiled = (kernel, bound, signature, launch)
+        compiled = (kernel, bound, signature, launch, case)
         res.shared = kernel.metadata.shared
         if res.shared > res.limit:
             raise SharedMemoryOver(res.shared, res.limit)
@@ -151,6 +158,14 @@ def retarget(case: Case, compiled: tuple, arch: int, save: Path | None) -> Resul
     return res
 
 
+def _launch(case: Case, module: Any, arch: int) -> Any:
+    """The launch `run_case` compiles for `arch` (None where it cannot be built: compiled in full)."""
+    try:
+        return fit(case.find(module)[1], case.build(module, arch, _limit(arch)))
+    except Exception:
+        return None
+
+
 class Handler:
     """The worker's state: the cases, and the vLLM modules loaded per arch."""
 
@@ -172,7 +187,7 @@ class Handler:
             self.cases = {c.id: c for c in all_cases(tuple(req["head_sizes"]))}
         case = self.cases[req["case"]]
         save = Path(req["save"]) if req.get("save") else None
-        first: tuple | None = None  # (kernel, bound, signature, launch) of the lowest arch
+        first: tuple | None = None  # (kernel, bound, signature, launch, case) of the lowest arch
         first_res: Result | None = None
         first_res_launch: Any = None
         for arch in req["archs"]:
@@ -180,20 +195,21 @@ class Handler:
             if isinstance(module, Exception) or module is None:
                 res = _result(case, arch)
                 res.status, res.message = "load-error", f"{case.module}: {type(module).__name__}: {module}"
-            elif first is not None and case.build(module, arch, _limit(arch)) == first[3]:
+            elif first is not None and _launch(case, module, arch) == first[3]:
                 res = retarget(case, first, arch, save)  # same launch: same PTX but for .target
             elif (
                 first_res is not None
                 and first_res.status == "shared-memory"
                 and first_res.limit == _limit(arch)
-                and case.build(module, arch, _limit(arch)) == first_res_launch
+                and first_res_launch is not None
+                and _launch(case, module, arch) == first_res_launch
             ):
                 res = dataclasses.replace(first_res, arch=arch, seconds=0.0)  # same launch, same limit
             else:
                 res, compiled = run_case(case, module, arch, save)
                 first = first or compiled
                 if first_res is None and res.status == "shared-memory":
-                    first_res, first_res_launch = res, case.build(module, arch, _limit(arch))
+                    first_res, first_res_launch = res, _launch(case, module, arch)
             yield {"event": "result", **asdict(res)}
 
 

@@ -1,7 +1,8 @@
 """Which vLLM Triton kernels the kernel audit compiles, and with which arguments.
 
-Each `Case` rebuilds one launch the way the first stack's vLLM Python launcher makes it (the file and
-function named in `Case.launcher`): the same positional/keyword arguments, tensor dtypes and
+Each `Case` rebuilds one launch the way the audited tree's vLLM Python launcher makes it (the file
+and function named in `Case.launcher`; where trees differ, the case asks the tree, see
+`cases_attention`): the same positional/keyword arguments, tensor dtypes and
 strides, constexprs, num_warps and num_stages, for a concrete scenario (head size, heads, KV
 block size, sequence lengths). Triton's own binder then specialises the arguments exactly as at a
 real launch (ints equal to 1 become constexprs, 16-aligned pointers and ints get divisibility
@@ -23,16 +24,18 @@ import dataclasses
 from stackforge.verify.kernels.cases_attention import (
     HEAD_SIZES,
     Attn,
-    encoder_prefill,
-    paged_attention_2d,
-    prefix_prefill,
-    prefix_prefill_alibi,
     reduce_segments,
     reshape_and_cache,
     unified_2d,
     unified_3d,
 )
 from stackforge.verify.kernels.cases_other import other_cases
+from stackforge.verify.kernels.cases_prefill import (
+    encoder_prefill,
+    paged_attention_2d,
+    prefix_prefill,
+    prefix_prefill_alibi,
+)
 from stackforge.verify.kernels.launch import Case
 
 __all__ = ["HEAD_SIZES", "Case", "all_cases", "attention_cases", "other_cases"]
@@ -44,6 +47,10 @@ _OPS = "vllm.v1.attention.ops."
 _TRITON_ATTN = "TRITON_ATTN (default on sm < 80)"
 _ROCM_ATTN = "ROCM_ATTN (--attention-backend ROCM_ATTN; no capability check)"
 ROCM_ONLY = ("prefix_prefill", "prefix_prefill_alibi", "paged_attention_2d")
+# Names a kernel has in other trees: `Case.find` takes the first the tree defines (the 2D and 3D
+# unified kernels are one `kernel_unified_attention` with an IS_3D constexpr in some trees).
+ALTERNATIVES = {"kernel_unified_attention_2d": ("kernel_unified_attention",),
+                "kernel_unified_attention_3d": ("kernel_unified_attention",)}  # fmt: skip
 # Seconds of a cold compile (Triton for sm_60, then ptxas alone for sm_61) measured by a cold
 # `audit kernels -e pascal` on 2 shared cores (docs/kernel-audit.md); only the order matters:
 # the queue hands out the most expensive first. ROCM_ATTN kernels: from the audit before they
@@ -108,6 +115,7 @@ def attention_cases(head_sizes: tuple[int, ...] = HEAD_SIZES) -> list[Case]:
                     shape,
                     build,
                     **_reach(kernel),
+                    alternatives=ALTERNATIVES.get(function, ()),
                 )
             )
     return cases
@@ -147,7 +155,7 @@ def model_cases() -> list[Case]:
                 cases.append(Case(f"{kernel}/{model_type}-{'fp32' if dtype == 'float32' else 'fp16'}", kernel,
                                   _OPS + module, function, "triton_attn.py:TritonAttentionImpl.forward",
                                   f"{_TRITON_ATTN}, {name}", shape, build(a), reach="model", model=model_type,
-                                  dtype=dtype))  # fmt: skip
+                                  dtype=dtype, alternatives=ALTERNATIVES.get(function, ())))  # fmt: skip
     return cases
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from stackforge.verify.kernels.launch import Case, Launch, Tensor
+from stackforge.verify.kernels.tree import launcher_literal
 
 # --- LoRA (punica Triton ops: the LoRA path on every CUDA GPU) ------------------------------------
 
@@ -104,11 +105,13 @@ def lora_expand(lo: Lora) -> Callable[[ModuleType, int, int], Launch]:
 
 def fused_moe(tokens: int, experts: int = 8, topk: int = 2, hidden: int = 4096, inter: int = 14336):
     """fused_moe.invoke_fused_moe_triton_kernel for the w13 GEMM, with get_default_config (no tuned
-    configs ship for these GPUs); Mixtral-8x7B-like sizes."""
+    configs ship for these GPUs); Mixtral-8x7B-like sizes. The launcher passes the whole config
+    (`**config`: num_warps and num_stages too where the tree's default config sets them) with
+    SPLIT_K 1, and SWAP_AB only for fp8 w8a8."""
 
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
-        config = mod.get_default_config(tokens, experts, inter, hidden, topk, None)
-        bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
+        config = dict(mod.get_default_config(tokens, experts, inter, hidden, topk, None))
+        bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config.pop("BLOCK_SIZE_K")
         n = 2 * inter
         a = Tensor("float16", (tokens, hidden), role="hidden_states")
         b = Tensor("float16", (experts, n, hidden), role="w13")
@@ -125,12 +128,11 @@ def fused_moe(tokens: int, experts: int = 8, topk: int = 2, hidden: int = 4096, 
         kw = dict(
             MUL_ROUTED_WEIGHT=False, top_k=topk, compute_type=mod.tl.float16, use_fp8_w8a8=False,
             use_int8_w8a8=False, use_int8_w8a16=False, per_channel_quant=False, naive_block_assignment=False,
-            HAS_BIAS=False, BLOCK_SIZE_K=bk, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn,
-            GROUP_SIZE_M=config["GROUP_SIZE_M"], SPLIT_K=1,
-        )  # fmt: skip
+            HAS_BIAS=False, BLOCK_SIZE_K=bk, SWAP_AB=False, USE_TD=False,
+        ) | config | {"SPLIT_K": 1}  # fmt: skip
         grid = (math.ceil(em / bm) * math.ceil(n / bn),)
         return Launch(args, kw, grid, {"tokens": tokens, "experts": experts, "topk": topk, "hidden": hidden,
-                                       "intermediate": inter, "config": config})  # fmt: skip
+                                       "intermediate": inter, "config": config | {"BLOCK_SIZE_K": bk}})  # fmt: skip
 
     return build
 
@@ -141,40 +143,63 @@ SPEC = {"batch": 8, "max_spec_len": 4}
 
 
 def rejection_greedy(mod: ModuleType, arch: int, smem: int) -> Launch:
+    """A batch mixing greedy and random requests (is_greedy a tensor, uniform probabilities
+    drawn); no synthetic acceptance rates."""
     b, s = SPEC["batch"], SPEC["max_spec_len"]
-    args = (
-        Tensor("int32", (b, s + 1), role="output_token_ids"), Tensor("int32", (b,), role="cu_num_draft_tokens"),
-        Tensor("int32", (b * s,), role="draft_token_ids"), Tensor("int64", (b * s,), role="target_argmax"),
-        Tensor("int32", (b, 1), role="bonus_token_ids"), Tensor("bool", (b,), role="is_greedy"), s,
+    kw = dict(
+        output_token_ids_ptr=Tensor("int32", (b, s + 1), role="output_token_ids"),
+        cu_num_draft_tokens_ptr=Tensor("int32", (b,), role="cu_num_draft_tokens"),
+        draft_token_ids_ptr=Tensor("int32", (b * s,), role="draft_token_ids"),
+        target_argmax_ptr=Tensor("int64", (b * s,), role="target_argmax"),
+        bonus_token_ids_ptr=Tensor("int32", (b, 1), role="bonus_token_ids"),
+        is_greedy_ptr=Tensor("bool", (b,), role="is_greedy"), max_spec_len=s,
+        uniform_probs_ptr=Tensor("float64", (b * s,), role="uniform_probs"),
+        synthetic_conditional_rates_ptr=None, SYNTHETIC_MODE=False,
     )  # fmt: skip
-    return Launch(args, {}, (b,), dict(SPEC))
+    return Launch((), kw, (b,), dict(SPEC))
 
 
 def rejection_random(vocab: int) -> Callable[[ModuleType, int, int], Launch]:
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
         b, s = SPEC["batch"], SPEC["max_spec_len"]
-        args = (
-            Tensor("int32", (b, s + 1), role="output_token_ids"), Tensor("int32", (b,), role="cu_num_draft_tokens"),
-            Tensor("int32", (b * s,), role="draft_token_ids"), Tensor("float32", (b * s, vocab), role="draft_probs"),
-            Tensor("float32", (b * s, vocab), role="target_probs"), Tensor("int32", (b, 1), role="bonus_token_ids"),
-            Tensor("int32", (b * s,), role="recovered_token_ids"), Tensor("float32", (b * s,), role="uniform_probs"),
-            Tensor("bool", (b,), role="is_greedy"), s, vocab,
+        kw = dict(
+            output_token_ids_ptr=Tensor("int32", (b, s + 1), role="output_token_ids"),
+            cu_num_draft_tokens_ptr=Tensor("int32", (b,), role="cu_num_draft_tokens"),
+            draft_token_ids_ptr=Tensor("int32", (b * s,), role="draft_token_ids"),
+            draft_probs_ptr=Tensor("float32", (b * s, vocab), role="draft_probs"),
+            target_probs_ptr=Tensor("float32", (b * s, vocab), role="target_probs"),
+            bonus_token_ids_ptr=Tensor("int32", (b, 1), role="bonus_token_ids"),
+            recovered_token_ids_ptr=Tensor("int32", (b * s,), role="recovered_token_ids"),
+            uniform_probs_ptr=Tensor("float64", (b * s,), role="uniform_probs"),  # generate_uniform_probs
+            is_greedy_ptr=Tensor("bool", (b,), role="is_greedy"), max_spec_len=s, vocab_size=vocab,
+            synthetic_conditional_rates_ptr=None, NO_DRAFT_PROBS=False, SYNTHETIC_MODE=False,
         )  # fmt: skip
-        return Launch(args, {"NO_DRAFT_PROBS": False}, (b,), SPEC | {"vocab": vocab})
+        return Launch((), kw, (b,), SPEC | {"vocab": vocab})
 
     return build
 
 
 def recovered_tokens(vocab: int) -> Callable[[ModuleType, int, int], Launch]:
+    """One tree passes the exponential draws q and the whole vocabulary as one block
+    (PADDED_VOCAB_SIZE); another their reciprocal inv_q, in float32 unless fp64 Gumbel is asked
+    for, and the vocabulary in blocks of the BLOCK_SIZE its launcher sets."""
+
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
         b, s = SPEC["batch"], SPEC["max_spec_len"]
-        args = (
-            Tensor("int32", (b * s,), role="recovered_token_ids"), Tensor("int32", (b,), role="cu_num_draft_tokens"),
-            Tensor("int32", (b * s,), role="draft_token_ids"), None,
-            Tensor("float32", (b * s, vocab), role="target_probs"), Tensor("float32", (b, vocab), role="exponential_q"),
-            vocab, 1 << (vocab - 1).bit_length(),
+        block = launcher_literal(mod, "_sample_recovered_tokens", "BLOCK_SIZE")
+        if block is None and "BLOCK_SIZE" in mod.sample_recovered_tokens_kernel.arg_names:
+            raise ValueError("the kernel takes BLOCK_SIZE and _sample_recovered_tokens sets no literal one")
+        kw = dict(
+            output_token_ids_ptr=Tensor("int32", (b * s,), role="recovered_token_ids"),
+            cu_num_draft_tokens_ptr=Tensor("int32", (b,), role="cu_num_draft_tokens"),
+            draft_token_ids_ptr=Tensor("int32", (b * s,), role="draft_token_ids"), draft_probs_ptr=None,
+            target_probs_ptr=Tensor("float32", (b * s, vocab), role="target_probs"),
+            q_ptr=Tensor("float32", (b, vocab), role="exponential_q"),
+            inv_q_ptr=Tensor("float32", (b, vocab), role="exponential_q_reciprocal"), vocab_size=vocab,
+            PADDED_VOCAB_SIZE=1 << (vocab - 1).bit_length(), BLOCK_SIZE=block, NO_DRAFT_PROBS=True,
+            USE_FP64_GUMBEL=False,
         )  # fmt: skip
-        return Launch(args, {"NO_DRAFT_PROBS": True}, (b, s), SPEC | {"vocab": vocab})
+        return Launch((), kw, (b, s), SPEC | {"vocab": vocab})
 
     return build
 
@@ -189,25 +214,45 @@ def expand_spec(mod: ModuleType, arch: int, smem: int) -> Launch:
 
 
 def bincount(mod: ModuleType, arch: int, smem: int) -> Launch:
-    """V2 model runner (VLLM_USE_V2_MODEL_RUNNER=1) penalties: tl.atomic_or / tl.atomic_add on i32."""
-    vocab, prompt, prefill = 128256, 3000, 3100
-    args = (
-        Tensor("int32", (prefill,), role="token_ids"), prefill, prompt,
-        Tensor("int32", (vocab // 32,), role="bin_mask_zeroed"), Tensor("int32", (vocab,), role="bin_counts_zeroed"),
+    """V2 model runner (VLLM_USE_V2_MODEL_RUNNER=1) penalties: tl.atomic_or / tl.atomic_add on i32.
+    One tree passes one request's prefill tokens; another the requests' rows of the runner's
+    state (all_token_ids [max_num_reqs, max_model_len], per-request lengths) through an int64
+    index map, one program row per request."""
+    vocab, prompt, prefill, reqs, max_len = 128256, 3000, 3100, 256, 8192
+    blocks = math.ceil(prefill / 1024)
+    kw = dict(
+        prefill_token_ids_ptr=Tensor("int32", (prefill,), role="token_ids"), prefill_len=prefill,
+        prompt_len=prompt, expanded_idx_mapping_ptr=Tensor("int64", (1,), role="request_index"),
+        all_token_ids_ptr=Tensor("int32", (reqs, max_len), role="token_ids"), all_token_ids_stride=max_len,
+        prompt_len_ptr=Tensor("int32", (reqs,), role="prompt_len"),
+        prefill_len_ptr=Tensor("int32", (reqs,), role="prefill_len"),
+        prompt_bin_mask_ptr=Tensor("int32", (reqs, math.ceil(vocab / 32)), role="bin_mask_zeroed"),
+        prompt_bin_mask_stride=math.ceil(vocab / 32),
+        output_bin_counts_ptr=Tensor("int32", (reqs, vocab), role="bin_counts_zeroed"),
+        output_bin_counts_stride=vocab, BLOCK_SIZE=1024,
     )  # fmt: skip
-    return Launch(args, {"BLOCK_SIZE": 1024}, (math.ceil(prefill / 1024),), {"vocab": vocab, "prompt_len": prompt,
-                                                                            "prefill_len": prefill})  # fmt: skip
+    per_request = "expanded_idx_mapping_ptr" in mod._bincount_kernel.arg_names
+    if not per_request:  # one request's tokens: the bins of that request only
+        kw |= dict(prompt_bin_mask_ptr=Tensor("int32", (vocab // 32,), role="bin_mask_zeroed"),
+                   output_bin_counts_ptr=Tensor("int32", (vocab,), role="bin_counts_zeroed"))  # fmt: skip
+    grid = (1, blocks) if per_request else (blocks,)
+    return Launch((), kw, grid, {"vocab": vocab, "prompt_len": prompt, "prefill_len": prefill})
 
 
 def mrope(mod: ModuleType, arch: int, smem: int) -> Launch:
-    """Qwen2-VL-style multimodal rotary embedding (Qwen2.5-VL-7B: 28/4 heads of 128, sections 16/24/24)."""
+    """Qwen2-VL-style multimodal rotary embedding (Qwen2.5-VL-7B: 28/4 heads of 128, sections
+    16/24/24, NeoX-style rotation over the whole head)."""
     tokens, qh, kh, hd = 64, 28, 4, 128
-    args = (
-        Tensor("float16", (tokens, qh * hd), role="query"), Tensor("float16", (tokens, kh * hd), role="key"),
-        Tensor("float16", (3, tokens, hd // 2), role="cos"), Tensor("float16", (3, tokens, hd // 2), role="sin"),
-        tokens, qh, kh, hd, hd, 32, 4, hd, 16, 24, 24, False,
+    q = Tensor("float16", (tokens, qh * hd), role="query")
+    k = Tensor("float16", (tokens, kh * hd), role="key")
+    kw = dict(
+        q_ptr=q, k_ptr=k, cos=Tensor("float16", (3, tokens, hd // 2), role="cos"),
+        sin=Tensor("float16", (3, tokens, hd // 2), role="sin"), num_tokens=tokens, q_token_stride=q.stride(0),
+        k_token_stride=k.stride(0), n_qh=qh, n_kh=kh, hd=hd, rd=hd, pad_n_qh=32, pad_n_kh=4, pad_hd=hd,
+        pad_rd=hd, mrope_section_t=16, mrope_section_h=24, mrope_section_w=24, is_interleaved=False,
+        is_neox_style=True, num_warps=4,
     )  # fmt: skip
-    return Launch(args, {}, (tokens,), {"tokens": tokens, "q_heads": qh, "kv_heads": kh, "head_size": hd})
+    return Launch((), kw, (tokens,), {"tokens": tokens, "q_heads": qh, "kv_heads": kh, "head_size": hd})
 
 
 REACH = {"lora_shrink": "option", "lora_expand": "option", "fused_moe": "model",

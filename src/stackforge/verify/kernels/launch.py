@@ -7,6 +7,8 @@ the vLLM file and @triton.jit function and builds its `Launch` for an arch.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -14,18 +16,31 @@ from typing import Any, ClassVar
 
 
 class DType:
-    """A torch dtype as Triton's launcher sees it: `str(dtype)` is "torch.<name>"."""
+    """A torch dtype as Triton's launcher sees it: `str(dtype)` is "torch.<name>". One object per
+    name, as torch has: Triton 3.8's binder caches a tensor argument's type by its dtype object, so
+    a fresh object per `.dtype` gave an int32 tensor a cached `*fp16` ("invalid operands of type
+    pointer<fp16>")."""
+
+    _interned: ClassVar[dict[str, DType]] = {}
+    name: str
+    itemsize: int
 
     SIZES: ClassVar[dict[str, int]] = {
-        "float16": 2, "bfloat16": 2, "float32": 4, "int8": 1, "uint8": 1, "int16": 2,
+        "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
         "int32": 4, "int64": 8, "uint64": 8, "float8_e5m2": 1, "float8_e4m3fn": 1, "bool": 1,
     }  # fmt: skip
 
-    def __init__(self, name: str) -> None:
-        if name not in self.SIZES:
+    def __new__(cls, name: str) -> DType:
+        if name not in cls.SIZES:
             raise ValueError(f"unknown dtype {name}")
-        self.name = name
-        self.itemsize = self.SIZES[name]
+        if name not in cls._interned:
+            dtype = super().__new__(cls)
+            dtype.name, dtype.itemsize = name, cls.SIZES[name]
+            cls._interned[name] = dtype
+        return cls._interned[name]
+
+    def __reduce__(self) -> tuple:  # copies and pickles stay the one object per name
+        return DType, (self.name,)
 
     def __str__(self) -> str:
         return f"torch.{self.name}"
@@ -102,3 +117,50 @@ class Case:
     model: str = ""  # a model's launch (its config's heads, window, softcap): vLLM's model_type
     dtype: str = "float16"  # the activations' dtype; model cases exist in each, the audit keeps vLLM's pick
     cost: float = 1.0  # static estimate of the compile time, for scheduling (longest first)
+    # other names of the kernel in other trees (one kernel merged from two, a rename): `find`
+    # takes the first name the loaded module defines
+    alternatives: tuple[str, ...] = ()
+
+    def find(self, module: ModuleType) -> tuple[str, Any]:
+        """(name, @triton.jit function) of this case in `module`: `function` or an alternative."""
+        for name in (self.function, *self.alternatives):
+            if hasattr(module, name):
+                return name, getattr(module, name)
+        names = " or ".join((self.function, *self.alternatives))
+        raise AttributeError(f"{module.__name__} defines no {names}")
+
+
+# Launch options Triton takes besides a kernel's parameters (`triton.compile` options).
+def _option_names() -> frozenset[str]:
+    import dataclasses
+
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    return frozenset(f.name for f in dataclasses.fields(CUDAOptions))
+
+
+class MissingArguments(TypeError):
+    """The kernel takes a parameter without default that the case does not give."""
+
+
+def fit(fn: Any, launch: Launch) -> Launch:
+    """`launch` with the keyword arguments `fn` takes: a case states what vLLM's launchers pass
+    across trees (e.g. `IS_3D` where the 2D and 3D kernels are one), and a parameter the tree's
+    kernel lacks is one its launcher cannot pass. A parameter without default that nothing gives
+    is an error naming it, not a silent default."""
+    params = list(fn.arg_names)
+    options = _option_names()
+    kwargs = {k: v for k, v in launch.kwargs.items() if k in params or k in options}
+    given = set(params[: len(launch.args)]) | set(kwargs)
+    defaults = {p.name for p in fn.params if p.has_default}
+    missing = [p for p in params if p not in given and p not in defaults]
+    if missing:
+        raise MissingArguments(f"{fn.__name__} takes {', '.join(missing)}, which the case does not give")
+    return dataclasses.replace(launch, kwargs=kwargs)
+
+
+def call_with(fn: Callable[..., Any], **facts: Any) -> Any:
+    """Call a launcher's helper with the facts its parameters name (`fwd_kernel_block_sizes` took
+    `pow2_block` in one tree and not in another)."""
+    names = inspect.signature(fn).parameters
+    return fn(**{k: v for k, v in facts.items() if k in names})

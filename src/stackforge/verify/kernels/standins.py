@@ -4,12 +4,26 @@
 
 from __future__ import annotations
 
+import dis
 import functools
 import importlib
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+
+
+def _unpacked(frame: types.FrameType) -> int:
+    """How many values the instruction running in `frame` unpacks (0 when it is no unpacking)."""
+    for ins in dis.get_instructions(frame.f_code):
+        if ins.offset == frame.f_lasti:
+            if ins.opname == "UNPACK_SEQUENCE":
+                return int(ins.arg or 0)
+            if ins.opname == "UNPACK_EX":  # `a, *rest, b = ...`: the named ones
+                return int((ins.arg or 0) & 0xFF) + int((ins.arg or 0) >> 8)
+            return 0
+    return 0
 
 
 class StandinClass(type):
@@ -52,7 +66,10 @@ class Stub:
         return Stub(f"{self._name}[]")
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(())
+        # `lo, hi = get_fp8_min_max()` at module level: as many stubs as the statement unpacks;
+        # iterated any other way, a stub is empty
+        n = _unpacked(sys._getframe(1))
+        return iter([Stub(f"{self._name}[{i}]") for i in range(n)])
 
     def __bool__(self) -> bool:
         return False
@@ -61,6 +78,12 @@ class Stub:
         return self
 
     __ror__ = __or__
+
+    def _arith(self, _other: Any = None) -> Stub:  # `1 / scalar_types.float4_e2m1f.max()`
+        return Stub(f"({self._name})")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _arith
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __pow__ = __neg__ = _arith
 
     def __mro_entries__(self, bases: tuple) -> tuple:
         # a class per base: as `object`, two stand-in bases (qwen3_next.py) are a duplicate base

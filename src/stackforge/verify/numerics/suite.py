@@ -37,7 +37,7 @@ from typing import Any
 
 from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels.cases_attention import Attn
-from stackforge.verify.kernels.launch import Case
+from stackforge.verify.kernels.launch import Case, fit
 from stackforge.verify.kernels.worker import Worker, WorkerLost, overlay_env, serve
 from stackforge.verify.numerics.compile import (
     SharedMemoryOver,
@@ -100,6 +100,7 @@ def suite_items() -> list[Item]:
     """Every Triton record of the suite except the archs: atomics kernels, then vLLM attention."""
     from stackforge.verify.kernels import cases as kc
     from stackforge.verify.kernels import cases_attention as ka
+    from stackforge.verify.kernels import cases_prefill as kp
     from stackforge.verify.numerics.atomics import atomic_cases
 
     items = [
@@ -123,11 +124,11 @@ def suite_items() -> list[Item]:
         items.append(Item(f"unified_attention_3d-{i}", "unified_attention_3d+reduce_segments",
                           "kernel_unified_attention_3d + reduce_segments", _attn_label(kind, a), pair))  # fmt: skip
     for kind, a in PREFIX_PREFILL:
-        case = vcase("prefix_prefill", ka.prefix_prefill, a, f"h{a.head_size}")
+        case = vcase("prefix_prefill", kp.prefix_prefill, a, f"h{a.head_size}")
         items.append(Item(f"prefix_prefill-h{a.head_size}", "prefix_prefill", "prefix_prefill _fwd_kernel",
                           _attn_label(kind, a), (case,)))  # fmt: skip
     for kind, a in ENCODER:
-        case = vcase("encoder_prefill_attention", ka.encoder_prefill, a, f"h{a.head_size}")
+        case = vcase("encoder_prefill_attention", kp.encoder_prefill, a, f"h{a.head_size}")
         items.append(Item(f"encoder_prefill_attention-h{a.head_size}", "encoder_prefill_attention",
                           "triton_prefill_attention _fwd_kernel", _attn_label(kind, a), (case,)))  # fmt: skip
     return items
@@ -167,8 +168,10 @@ def build_triton(
                     module = modules[case.module]
                     if isinstance(module, Exception):
                         raise module
-                    launch = case.build(module, arch, CAPABILITIES[arch].smem_per_block_optin)
-                    kernel, bound, signature = compile_launch(getattr(module, case.function), launch, arch)
+                    function, fn = case.find(module)  # the tree's kernel, and its arguments of the launch
+                    case = dataclasses.replace(case, function=function)
+                    launch = fit(fn, case.build(module, arch, CAPABILITIES[arch].smem_per_block_optin))
+                    kernel, bound, signature = compile_launch(fn, launch, arch)
                     if kernel.metadata.shared > CAPABILITIES[arch].smem_per_block_optin:
                         raise SharedMemoryOver(
                             kernel.metadata.shared, CAPABILITIES[arch].smem_per_block_optin
