@@ -104,7 +104,10 @@ def run_case(case: Case, module: Any, arch: int, save: Path | None) -> tuple[Res
     try:
         name, fn = case.find(module)
         case = dataclasses.replace(case, function=name)  # the record names the tree's kernel
-        launch = fit(fn, case.build(module, arch, _limit(arch)))
+        built = case.build(module, arch, _limit(arch))
+        launch = fit(fn, built)
+        if dropped := sorted(set(built.kwargs) - set(launch.kwargs)):  # in the log: a misspelt name shows
+            print(f"{case.id} sm_{arch}: {name} takes no {', '.join(dropped)}: left out", file=sys.stderr)
         verdict = _verdict_path(fn, launch, arch)
         if verdict.is_file():  # the same compile failed before: same verdict, no Triton
             known = json.loads(verdict.read_text())
