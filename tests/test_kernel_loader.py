@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,20 @@ def test_stand_in_base_classes_load(tmp_path: Path, arch: int) -> None:
     with pytest.raises(TypeError):  # ABC's rules hold beside a stand-in
         mod.WithABC()
     assert not any(name == "vllm" or name.startswith("vllm.") for name in sys.modules)
+
+
+def test_another_platforms_stdlib_module_stays_missing(tmp_path: Path) -> None:
+    """subprocess decides it runs on Windows when `import msvcrt` succeeds: imported for the first
+    time while the loader is active (triton's import chain does so), it must not find a stand-in."""
+    import importlib.util
+
+    loader = KernelLoader(models_tree(tmp_path), 61)
+    with loader.active():
+        assert importlib.util.find_spec("msvcrt") is None
+        assert importlib.util.find_spec("_winapi") is None
+        assert isinstance(
+            importlib.import_module("einops"), types.ModuleType
+        )  # a missing package still is one
 
 
 # --- vLLM 0.14.0 itself (the sdist, cached) ---------------------------------------------------------

@@ -25,6 +25,7 @@ are built first, so they can be carried to a machine that has one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -112,11 +113,17 @@ def run_audit(
     one queue, most expensive first; results in case order. A worker that dies or overruns
     `timeout` costs its own item (status worker-died / timeout), and a fresh worker goes on."""
     groups = _groups(archs)
-    items = sorted(((c, g) for c in cases for g in groups), key=lambda item: -item[0].cost)
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(items)))
     env = overlay_env(triton_path, cache or cache_root())
     logs = state / "logs" / f"kernel-audit-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     modules = sorted({c.module for c in cases})
+    common = {"vllm_src": str(vllm_src), "head_sizes": list(head_sizes), "modules": modules}
+    initial: list[Worker] = []
+    twins = _twins(cases, archs, common, env, logs, timeout, initial)
+    skip = {t.id for group in twins.values() for t in group}
+    items = sorted(
+        ((c, g) for c in cases if c.id not in skip for g in groups), key=lambda item: -item[0].cost
+    )
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(items)))
     results: dict[tuple[str, int], Result] = {}
     todo: queue.Queue[tuple[Case, list[int]]] = queue.Queue()
     for item in items:
@@ -126,12 +133,13 @@ def run_audit(
 
     def record(res: Result) -> None:
         with lock:
-            results[(res.case, res.arch)] = res
-            if progress:
-                progress.advance(task)
+            for r in [res] + [_as_twin(res, t) for t in twins.get(res.case, ())]:
+                results[(r.case, r.arch)] = r
+                if progress:
+                    progress.advance(task)
 
     def work(index: int) -> None:
-        worker: Worker | None = None
+        worker: Worker | None = initial.pop() if index == 0 and initial else None
         while True:
             try:
                 case, group = todo.get_nowait()
@@ -141,8 +149,7 @@ def run_audit(
                 worker = Worker("stackforge.verify.kernels.audit_worker", env, logs / f"worker-{index}.log")
             if progress:
                 progress.update(task, description=f"{'/'.join(f'sm_{a}' for a in group)} {case.id}")
-            req = {"case": case.id, "archs": group, "vllm_src": str(vllm_src), "head_sizes": list(head_sizes),
-                   "save": str(save) if save else None, "modules": modules}  # fmt: skip
+            req = {"case": case.id, "archs": group, "save": str(save) if save else None, **common}
             try:
                 for msg in worker.request(req, timeout=timeout):
                     msg.pop("event")
@@ -154,7 +161,8 @@ def run_audit(
                     if (case.id, arch) not in results:
                         record(Result(case.id, case.kernel, case.shape, arch, status, reach=case.reach,
                                       message=f"{exc.why}; log: {logs / f'worker-{index}.log'}",
-                                      limit=CAPABILITIES[arch].smem_per_block_optin, reached_by=case.reached_by))  # fmt: skip
+                                      limit=CAPABILITIES[arch].smem_per_block_optin, reached_by=case.reached_by,
+                                      config=case.config, configs=case.configs))  # fmt: skip
         if worker is not None:
             worker.close()
 
@@ -163,7 +171,46 @@ def run_audit(
         t.start()
     for t in threads:
         t.join()
+    for w in initial:  # the describing worker, if work(0) never took it
+        w.close()
     return [results[(c.id, a)] for c in cases for a in archs]
+
+
+def _twins(cases: list[Case], archs: list[int], common: dict, env: dict[str, str], logs: Path,
+           timeout: float | None, initial: list[Worker]) -> dict[str, list[Case]]:  # fmt: skip
+    """Autotune configs that compile to the same code as an earlier config of their kernel and
+    shape (`audit_worker.twin_key`: below sm_80 only num_stages tells them apart): the earlier
+    case's id -> its twins, which are not compiled but get its results. The worker that describes
+    them is kept in `initial` for the compiles; a worker lost here means no twins."""
+    tuned = [c for c in cases if c.config is not None]
+    if not tuned or max(archs) >= 80:
+        return {}
+    worker = Worker("stackforge.verify.kernels.audit_worker", env, logs / "worker-0.log")
+    try:
+        msgs = list(
+            worker.request({"describe": [c.id for c in tuned], "archs": archs, **common}, timeout=timeout)
+        )
+    except WorkerLost:
+        return {}
+    initial.append(worker)
+    keys = next((m["keys"] for m in msgs if m.get("event") == "keys"), {})
+    first: dict[str, Case] = {}
+    twins: dict[str, list[Case]] = {}
+    for c in tuned:
+        key = keys.get(c.id)
+        if key is None:
+            continue
+        if key in first:
+            twins.setdefault(first[key].id, []).append(c)
+        else:
+            first[key] = c
+    return twins
+
+
+def _as_twin(res: Result, twin: Case) -> Result:
+    note = f"compiled once with config {res.config}: only num_stages differs, unused below sm_80"
+    return dataclasses.replace(res, case=twin.id, shape=twin.shape, config=twin.config, seconds=0.0,
+                               message=f"{res.message}; {note}" if res.message else note)  # fmt: skip
 
 
 def audit(

@@ -29,9 +29,10 @@ from typing import Any
 from stackforge.core.files import atomic_write
 from stackforge.cuda.caps import CAPABILITIES, sm
 from stackforge.verify.kernels.cases import Case, all_cases
-from stackforge.verify.kernels.launch import fit
+from stackforge.verify.kernels.launch import Pruned, fit
 from stackforge.verify.kernels.report import Result
 from stackforge.verify.kernels.sass import cubin_stats
+from stackforge.verify.kernels.tuning import jit_function
 from stackforge.verify.kernels.worker import serve
 from stackforge.verify.numerics.compile import SharedMemoryOver, compile_launch, guard_shared_memory
 from stackforge.verify.numerics.records import triton_record, write_record
@@ -57,13 +58,15 @@ def _limit(arch: int) -> int:
 
 def _result(case: Case, arch: int) -> Result:
     return Result(case.id, case.kernel, case.shape, arch, "ok", limit=_limit(arch), reached_by=case.reached_by,
-                  reach=case.reach)  # fmt: skip
+                  reach=case.reach, config=case.config, configs=case.configs)  # fmt: skip
 
 
 def _fail(res: Result, exc: Exception) -> None:
     from triton.runtime.errors import PTXASError
 
-    if isinstance(exc, SharedMemoryOver):
+    if isinstance(exc, Pruned):
+        res.status, res.message = "pruned", str(exc)
+    elif isinstance(exc, SharedMemoryOver):
         res.status, res.shared, res.message = "shared-memory", exc.needed, f"needs {exc.needed} > {exc.limit}"
     elif isinstance(exc, PTXASError):
         res.status, res.message = "ptxas-error", _ptxas_message(str(exc))
@@ -103,6 +106,7 @@ def run_case(case: Case, module: Any, arch: int, save: Path | None) -> tuple[Res
     verdict: Path | None = None
     try:
         name, fn = case.find(module)
+        fn = jit_function(fn)  # autotuned: the case names its config
         case = dataclasses.replace(case, function=name)  # the record names the tree's kernel
         built = case.build(module, arch, _limit(arch))
         launch = fit(fn, built)
@@ -162,11 +166,33 @@ def retarget(case: Case, compiled: tuple, arch: int, save: Path | None) -> Resul
 
 
 def _launch(case: Case, module: Any, arch: int) -> Any:
-    """The launch `run_case` compiles for `arch` (None where it cannot be built: compiled in full)."""
+    """The launch `run_case` compiles for `arch`, or None where there is none (pruned there, or a
+    broken build: `run_case` reports either)."""
     try:
-        return fit(case.find(module)[1], case.build(module, arch, _limit(arch)))
+        return fit(jit_function(case.find(module)[1]), case.build(module, arch, _limit(arch)))
     except Exception:
         return None
+
+
+def twin_key(case: Case, modules: dict[int, Any]) -> str | None:
+    """Equal for autotune configs that compile to the same code on every arch of `modules`, None
+    for a case without a config. Below sm_80 Triton 3.5's make_ttgir runs no pipeliner, its one
+    use of num_stages, so configs that differ only in num_stages (chunk_o's 36 are 12 kernels)
+    launch the same code: the audit compiles one and reports it for all."""
+    if case.config is None or max(modules) >= 80:
+        return None
+    parts = []
+    for arch, module in sorted(modules.items()):
+        try:
+            launch = case.build(module, arch, _limit(arch))
+        except Pruned:  # nothing to compile: no twin needed, and none claimed
+            parts.append(f"pruned config {case.config}")
+            continue
+        except Exception:
+            return None
+        kwargs = {k: v for k, v in launch.kwargs.items() if k != "num_stages"}
+        parts.append(repr((launch.args, sorted(kwargs.items()), launch.grid)))
+    return repr((case.module, case.function, case.id.rpartition("@")[0], parts))
 
 
 class Handler:
@@ -188,6 +214,18 @@ class Handler:
     def __call__(self, req: dict) -> Iterator[dict]:
         if not self.cases:
             self.cases = {c.id: c for c in all_cases(tuple(req["head_sizes"]))}
+        if "describe" in req:  # the twin keys of these cases (`twin_key`)
+            keys = {}
+            for case_id in req["describe"]:
+                case = self.cases[case_id]
+                loaded = {
+                    a: self._modules(req["vllm_src"], a, req["modules"]).get(case.module)
+                    for a in req["archs"]
+                }
+                ok = all(m is not None and not isinstance(m, Exception) for m in loaded.values())
+                keys[case_id] = twin_key(case, loaded) if ok else None
+            yield {"event": "keys", "keys": keys}
+            return
         case = self.cases[req["case"]]
         save = Path(req["save"]) if req.get("save") else None
         first: tuple | None = None  # (kernel, bound, signature, launch, case) of the lowest arch

@@ -29,6 +29,8 @@ from stackforge.verify.kernels.cases_attention import (
     unified_2d,
     unified_3d,
 )
+from stackforge.verify.kernels.cases_gdn import gdn_cases
+from stackforge.verify.kernels.cases_moe import moe_cases
 from stackforge.verify.kernels.cases_other import other_cases
 from stackforge.verify.kernels.cases_prefill import (
     encoder_prefill,
@@ -36,6 +38,7 @@ from stackforge.verify.kernels.cases_prefill import (
     prefix_prefill,
     prefix_prefill_alibi,
 )
+from stackforge.verify.kernels.cases_ssm import mamba2_cases
 from stackforge.verify.kernels.launch import Case
 
 __all__ = ["HEAD_SIZES", "Case", "all_cases", "attention_cases", "other_cases"]
@@ -58,7 +61,13 @@ ALTERNATIVES = {"kernel_unified_attention_2d": ("kernel_unified_attention",),
 COST = {"sample_recovered_tokens/v128256": 22.8, "sample_recovered_tokens/v32000": 8.9,
         "encoder_prefill_attention/h64": 7.7, "lora_shrink/s3": 7.1, "lora_shrink/s1": 5.8,
         "unified_attention_2d/h256": 5.7, "unified_attention_3d/h256": 4.0, "lora_expand/s3": 3.8,
-        "prefix_prefill": 25.0, "prefix_prefill_alibi": 15.0, "paged_attention_2d": 10.0}  # fmt: skip
+        "prefix_prefill": 25.0, "prefix_prefill_alibi": 15.0, "paged_attention_2d": 10.0,
+        # autotuned (one case per config): sm_61 compiles of the whole kernel on this machine, the
+        # kernel's mean; chunk_scaled_dot_kkt's BK=128 two-warp configs took 36-41 s each
+        "fla_chunk_scaled_dot_kkt/qwen3next@c18": 40.0, "fla_chunk_scaled_dot_kkt/qwen3next@c19": 40.0,
+        "fla_chunk_scaled_dot_kkt/qwen3next@c20": 40.0, "fla_chunk_scaled_dot_kkt": 6.0, "fla_chunk_delta_h": 8.0,
+        "fla_recompute_w_u": 5.0, "fla_chunk_o": 3.0, "fla_solve_tril": 2.0, "ssd_chunk_scan": 6.0,
+        "ssd_chunk_state": 3.0, "ssd_bmm_chunk": 3.0, "ssd_chunk_cumsum": 2.0}  # fmt: skip
 
 
 def cost(case: Case) -> float:
@@ -160,5 +169,12 @@ def model_cases() -> list[Case]:
 
 
 def all_cases(head_sizes: tuple[int, ...] = HEAD_SIZES) -> list[Case]:
-    cases = attention_cases(head_sizes) + model_cases() + other_cases()
+    cases = (
+        attention_cases(head_sizes)
+        + model_cases()
+        + other_cases()
+        + mamba2_cases()
+        + gdn_cases()
+        + moe_cases()
+    )
     return [dataclasses.replace(c, cost=cost(c)) for c in cases]

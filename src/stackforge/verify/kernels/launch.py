@@ -120,6 +120,8 @@ class Case:
     # other names of the kernel in other trees (one kernel merged from two, a rename): `find`
     # takes the first name the loaded module defines
     alternatives: tuple[str, ...] = ()
+    config: int | None = None  # an autotuned kernel: which of its configs this case compiles (`tuning`)
+    configs: int = 1  # how many configs its autotuner benchmarks
 
     def find(self, module: ModuleType) -> tuple[str, Any]:
         """(name, @triton.jit function) of this case in `module`: `function` or an alternative."""
@@ -164,3 +166,8 @@ def call_with(fn: Callable[..., Any], **facts: Any) -> Any:
     `pow2_block` in one tree and not in another)."""
     names = inspect.signature(fn).parameters
     return fn(**{k: v for k, v in facts.items() if k in names})
+
+
+class Pruned(Exception):
+    """Raised by a case's build when the tree's own autotune pruning drops its config on this arch:
+    vLLM never launches it there, so there is nothing to compile."""

@@ -139,6 +139,11 @@ class _MissingFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(
         self, fullname: str, path: Any, target: Any = None
     ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.partition(".")[0] in sys.stdlib_module_names:
+            # another platform's stdlib module stays missing: subprocess, first imported while the
+            # hook is active (by triton's import), must not find a stand-in `msvcrt` and think
+            # it runs on Windows
+            return None
         return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:

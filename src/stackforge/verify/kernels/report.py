@@ -12,7 +12,18 @@ from stackforge.core.console import out
 from stackforge.cuda.caps import CAPABILITIES, sm
 from stackforge.cuda.occupancy import Occupancy, occupancy
 
-STATUSES = ("ok", "ptxas-error", "shared-memory", "compile-error", "load-error", "timeout", "worker-died")
+STATUSES = (
+    "ok",
+    "pruned",
+    "ptxas-error",
+    "shared-memory",
+    "compile-error",
+    "load-error",
+    "timeout",
+    "worker-died",
+)
+# not a failure: an autotune config the tree's own pruning drops on this arch is never launched there
+PASSING = ("ok", "pruned")
 # who reaches a kernel on Pascal/Volta (`Case.reach`), in the words of the report
 REACH = {"default": "default", "model": "some models", "option": "a vLLM option",
          "not-default-backend": "never by default (another backend)"}  # fmt: skip
@@ -34,6 +45,8 @@ class Result:
     reach: str = "default"
     # from the cubin (`sass.cubin_stats`): regs, stack, local, spill_stores, fp16_ops, fp16_by_op
     stats: dict[str, Any] = field(default_factory=dict)
+    config: int | None = None  # an autotuned kernel's config (`Case.config`), of `configs`
+    configs: int = 1
 
     @property
     def ok(self) -> bool:
@@ -67,7 +80,21 @@ class Report:
 
     @property
     def failures(self) -> list[Result]:
-        return [r for r in self.results if not r.ok]
+        return [r for r in self.results if r.status not in PASSING]
+
+    def autotune(self) -> list[dict[str, Any]]:
+        """Per autotuned kernel and shape (case id without its "@c<i>"): of its configs, how many
+        compile within the limit, are pruned by the tree, or need more shared memory, per arch."""
+        groups: dict[tuple[str, int], dict[str, Any]] = {}
+        for r in self.results:
+            if r.config is None:
+                continue
+            g = groups.setdefault((r.case.rpartition("@")[0], r.arch), {
+                "case": r.case.rpartition("@")[0], "kernel": r.kernel, "arch": r.arch, "configs": r.configs,
+                "fit": 0, "pruned": 0, "over": 0, "other": 0})  # fmt: skip
+            key = {"ok": "fit", "pruned": "pruned", "shared-memory": "over"}.get(r.status, "other")
+            g[key] += 1
+        return list(groups.values())
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -78,6 +105,9 @@ class Report:
             "by_status": dict(Counter(r.status for r in self.results)),
             "seconds": round(self.seconds, 1),
             "coverage": self.coverage(),
+            "autotune": self.autotune(),
+            # results taken from a config that compiles to the same code (`audit._twins`)
+            "twins": sum("only num_stages differs" in r.message for r in self.results),
         }
 
     def coverage(self) -> dict[str, int]:
@@ -112,11 +142,15 @@ def _cell(r: Result) -> str:
                 text += f" ({'+'.join(SHORT[n] for n in occ.limited_by)})"
         if st.get("local"):
             text += f" [yellow]local {st['local']}[/yellow]"
+        if st.get("stack"):  # ptxas' stack frame: where its spills (STL) and local arrays go
+            text += f" [yellow]stack {st['stack']}[/yellow]"
         if st.get("fp16_ops"):
             text += f" [yellow]fp16 {st['fp16_ops']}[/yellow]"
         return text
     if r.status == "shared-memory":
         return f"[red]smem {r.shared}>{r.limit}[/red]"
+    if r.status == "pruned":
+        return "[dim]pruned[/dim]"
     return f"[red]{r.status}[/red]"
 
 
@@ -146,6 +180,8 @@ def print_report(report: Report) -> None:
         out.print("[bold]failures:[/bold]")
         for r in failures:
             out.print(f"  {r.case} sm_{r.arch}: {r.status}: {r.message}")
+    for line in autotune_lines(report):
+        out.print(line, markup=False, highlight=False)
     for kernel, how in report.skipped.items():
         out.print(f"not audited: {kernel} ({how})", markup=False, highlight=False)
     t = report.triton
@@ -155,6 +191,10 @@ def print_report(report: Report) -> None:
     )
     s = report.summary()
     verdict = "[green]all compiled[/green]" if not failures else f"[red]{s['failed']} failed[/red]"
+    if s["twins"]:
+        verdict += f" ({s['twins']} from the compile of a config that differs only in num_stages)"
+    if s["by_status"].get("pruned"):
+        verdict += f", {s['by_status']['pruned']} autotune configs pruned by the tree"
     out.print(
         f"audited {s['kernels']} kernels at {s['cases']} shapes for {len(report.archs)} arch(s): "
         f"{s['compiles']} compiles in {s['seconds']:.1f} s, {verdict}"
@@ -163,5 +203,24 @@ def print_report(report: Report) -> None:
     out.print(
         f"coverage: {c['reached']} kernels reached on these GPUs, {c['audited']} audited, {c['passing']} passing "
         "(cells: shared bytes, registers, resident warps per SM of the maximum and what limits them, "
-        "local-memory bytes, fp16 SASS instructions)"
+        "local-memory and stack bytes, fp16 SASS instructions)"
     )
+
+
+def autotune_lines(report: Report) -> list[str]:
+    """One line per autotuned kernel and shape: configs that fit per arch, and what became of the rest."""
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for g in report.autotune():
+        by_case.setdefault(g["case"], []).append(g)
+    lines = []
+    for case, groups in by_case.items():
+        cells = []
+        for g in groups:
+            rest = [f"{g[k]} {word}" for k, word in (("pruned", "pruned"), ("over", "over the limit"),
+                                                      ("other", "failed")) if g[k]]  # fmt: skip
+            cells.append(
+                f"{sm(g['arch'])} {g['fit']} of {g['configs']} fit"
+                + (f" ({', '.join(rest)})" if rest else "")
+            )
+        lines.append(f"autotune {case}: {'; '.join(cells)}")
+    return lines
