@@ -344,7 +344,7 @@ def chunk_scan(m: Mamba2, config: int) -> Build:
 
 
 _OPS = "vllm.model_executor.layers.mamba.ops."
-# (kernel, module, function, launcher, builder, configs in v0.14.0's @triton.autotune list)
+# (kernel, module, function, launcher, builder, configs in the audited tree's @triton.autotune list)
 SSD = (
     ("ssd_chunk_cumsum", "ssd_chunk_state", "_chunk_cumsum_fwd_kernel", "ssd_chunk_state.py:_chunk_cumsum_fwd",
      chunk_cumsum, 6),

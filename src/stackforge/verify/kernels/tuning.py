@@ -2,7 +2,7 @@
 
 vLLM's Mamba, FLA and MoE-LoRA kernels are not bare `JITFunction`s: `@triton.heuristics` computes
 constexprs from the arguments at every launch, and `@triton.autotune` benchmarks each of its
-`configs` at the first launch of a key and keeps the fastest. Triton 3.5.1's autotuner scores a
+`configs` at the first launch of a key and keeps the fastest. The pinned Triton's autotuner scores a
 config that raises `OutOfResources` (shared memory over the device's opt-in limit) as infinitely
 slow, so it never keeps one, but only after compiling it in full (Triton, LLVM and ptxas) at that
 first launch; when no config fits, the launch fails. So the audit compiles every config (`Case.config`),
