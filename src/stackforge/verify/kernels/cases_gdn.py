@@ -243,7 +243,8 @@ def rms_norm_gated(g: Gdn) -> Build:
 _FLA = "vllm.model_executor.layers.fla.ops."
 _MAMBA = "vllm.model_executor.layers.mamba.ops."
 REACH = "Qwen3-Next (gated delta net layers)"
-# (kernel, module, function, launcher, step, builder, configs in the audited tree's @triton.autotune list)
+# (kernel, module, function, launcher, step, builder, configs in the first stack's release's
+# @triton.autotune list: fixed here, checked against that tree by tests/test_kernel_tuned.py)
 TUNED = (
     ("fla_chunk_local_cumsum", "cumsum", "chunk_local_cumsum_scalar_kernel", "cumsum.py:chunk_local_cumsum_scalar",
      local_cumsum, 4),

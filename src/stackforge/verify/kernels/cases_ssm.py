@@ -344,7 +344,8 @@ def chunk_scan(m: Mamba2, config: int) -> Build:
 
 
 _OPS = "vllm.model_executor.layers.mamba.ops."
-# (kernel, module, function, launcher, builder, configs in the audited tree's @triton.autotune list)
+# (kernel, module, function, launcher, builder, configs in the first stack's release's
+# @triton.autotune list: fixed here, checked against that tree by tests/test_kernel_tuned.py)
 SSD = (
     ("ssd_chunk_cumsum", "ssd_chunk_state", "_chunk_cumsum_fwd_kernel", "ssd_chunk_state.py:_chunk_cumsum_fwd",
      chunk_cumsum, 6),
