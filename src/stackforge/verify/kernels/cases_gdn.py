@@ -91,6 +91,11 @@ def l2norm(g: Gdn) -> Build:
     return build
 
 
+def per_chunk(g: Gdn, mod: ModuleType, kernel: str, args: tuple, kw: dict, config: int, smem: int) -> Launch:
+    """The FLA chunk kernels' launch: one program per (chunk, value head), NT chunks."""
+    return tuned(mod, kernel, args, kw, config, lambda k: (g.nt, g.hv), {"NT": g.nt}, smem)
+
+
 def local_cumsum(g: Gdn, config: int) -> Build:
     def build(mod: ModuleType, arch: int, smem: int) -> Launch:
         vl, t = g.varlen(), g.tokens
@@ -101,16 +106,7 @@ def local_cumsum(g: Gdn, config: int) -> Build:
             vl["chunk_indices"],
         )
         kw = dict(T=t, B=1, H=g.hv, BT=g.bt, HEAD_FIRST=False, REVERSE=False)
-        return tuned(
-            mod,
-            "chunk_local_cumsum_scalar_kernel",
-            args,
-            kw,
-            config,
-            lambda k: (g.nt, g.hv),
-            {"NT": g.nt},
-            smem,
-        )
+        return per_chunk(g, mod, "chunk_local_cumsum_scalar_kernel", args, kw, config, smem)
 
     return build
 
@@ -120,9 +116,7 @@ def scaled_dot_kkt(g: Gdn, config: int) -> Build:
         vl, t = g.varlen(), g.tokens
         kw = dict(k=g.qk(), g=f32(1, t, g.hv, role="g_cumsum"), beta=fp16(1, t, g.hv, role="beta"),
                   A=f32(1, t, g.hv, g.bt, role="A"), **vl, T=t, H=g.hv, Hg=g.hk, K=g.k, BT=g.bt)  # fmt: skip
-        return tuned(
-            mod, "chunk_scaled_dot_kkt_fwd_kernel", (), kw, config, lambda k: (g.nt, g.hv), {"NT": g.nt}, smem
-        )
+        return per_chunk(g, mod, "chunk_scaled_dot_kkt_fwd_kernel", (), kw, config, smem)
 
     return build
 
@@ -134,16 +128,7 @@ def solve_tril(g: Gdn, config: int) -> Build:
         vl, t = g.varlen(), g.tokens
         kw = dict(A=f32(1, t, g.hv, g.bt, role="A"), Ai=fp16(1, t, g.hv, g.bt, role="Ai"), **vl, T=t, H=g.hv,
                   BT=g.bt, USE_TMA=False, DOT_PRECISION="ieee")  # fmt: skip
-        return tuned(
-            mod,
-            "merge_16x16_to_64x64_inverse_kernel",
-            (),
-            kw,
-            config,
-            lambda k: (g.nt, g.hv),
-            {"NT": g.nt},
-            smem,
-        )
+        return per_chunk(g, mod, "merge_16x16_to_64x64_inverse_kernel", (), kw, config, smem)
 
     return build
 
@@ -156,9 +141,7 @@ def recompute_w_u(g: Gdn, config: int) -> Build:
         kw = dict(k=g.qk(), v=g.vv(), beta=fp16(1, t, g.hv, role="beta"), w=g.vv("w"), u=g.vv("u"),
                   A=fp16(1, t, g.hv, g.bt, role="Ai"), g=f32(1, t, g.hv, role="g_cumsum"), **vl, T=t, H=g.hv,
                   Hg=g.hk, K=g.k, V=g.v, BT=g.bt, BK=64, BV=64)  # fmt: skip
-        return tuned(
-            mod, "recompute_w_u_fwd_kernel", (), kw, config, lambda k: (g.nt, g.hv), {"NT": g.nt}, smem
-        )
+        return per_chunk(g, mod, "recompute_w_u_fwd_kernel", (), kw, config, smem)
 
     return build
 
