@@ -9,8 +9,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from boxhelpers import SECRET, Box
 from conftest import REPO_ROOT
-from test_run_simple import SECRET, Box
 
 DOCKERFILE = REPO_ROOT / "container" / "Dockerfile"
 ENTRYPOINT = REPO_ROOT / "container" / "entrypoint.sh"

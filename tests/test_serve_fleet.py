@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_router import FAKE, NGINX, chat, free_port, free_port_run, needs_nginx
-from test_run_simple import SECRET, Box
+from boxhelpers import SECRET, Box
+from routerhelpers import FAKE, NGINX, chat, free_port, free_port_run, needs_nginx
 
 from stackforge.run import router
 

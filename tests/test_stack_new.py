@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_upstream import Server, _publish, _zip
+from pypihelpers import Server, publish, zip_bytes
 
 from stackforge.cli import main
 from stackforge.core.console import UsageError
@@ -137,7 +137,7 @@ def _vllm_files(
 
 
 def _wheel(project: str, version: str, members: dict[str, str]) -> tuple[str, bytes]:
-    return f"{project}-{version}-cp312-cp312-manylinux_2_28_x86_64.whl", _zip(
+    return f"{project}-{version}-cp312-cp312-manylinux_2_28_x86_64.whl", zip_bytes(
         {k: v.encode() for k, v in members.items()}
     )
 
@@ -206,7 +206,7 @@ def pypi_ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pypi]:
     new = _vllm_files(
         "1.1.0", "2.1.0", A_NEW, "v9.1", "8" * 40, {"cmake/external_projects/newproj.cmake": NEWPROJ}
     )
-    _publish(
+    publish(
         www, "vllm", {"vllm-1.0.0.tar.gz": _sdist("1.0.0", old), "vllm-1.1.0.tar.gz": _sdist("1.1.0", new)}
     )
     gate = "def has_triton(major):\n    return major >= 7\n"
@@ -219,12 +219,12 @@ def pypi_ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pypi]:
             'Requires-Dist: triton~=3.1.0; platform_system == "Linux"\n',
         },
     }
-    _publish(www, "torch", dict(_wheel("torch", v, m) for v, m in torch.items()))
+    publish(www, "torch", dict(_wheel("torch", v, m) for v, m in torch.items()))
     compiler = "def make_ptx(src):\n    return src.replace('evict_last', '')\n"
     triton = {
         v: {"triton/backends/nvidia/compiler.py": compiler} for v in ("3.0.0", "3.1.0", "3.1.2", "3.2.0")
     }
-    _publish(www, "triton", dict(_wheel("triton", v, m) for v, m in triton.items()))
+    publish(www, "triton", dict(_wheel("triton", v, m) for v, m in triton.items()))
 
     root = tmp_path / "ws"
     root.mkdir()

@@ -4,81 +4,23 @@ repositories are checked against Python's own zipfile and real git."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
-import re
 import subprocess
 import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from pypihelpers import Server, publish, zip_bytes
 
-from stackforge.core.console import Failure
+from stackforge.core.console import Failure, UsageError
 from stackforge.spec import layout
 from stackforge.verify.upstream import pypi as upstream
 from stackforge.verify.upstream import repos
-
-
-class RangeHandler(SimpleHTTPRequestHandler):
-    """Serves files from the server's folder and answers `Range: bytes=a-b` / `bytes=-n`
-    with 206, as files.pythonhosted.org does; counts bytes sent so tests can see that a
-    member was read without the whole archive. The index page is served as PEP 691 JSON."""
-
-    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
-        pass
-
-    def do_GET(self) -> None:
-        path = Path(self.translate_path(self.path))
-        if path.is_dir():
-            path = path / "index.json"
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
-        if match and self.server.ranges:  # type: ignore[attr-defined]
-            first, last = match.groups()
-            if first == "":
-                start, end = max(0, len(data) - int(last)), len(data) - 1
-            else:
-                start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
-            body = data[start : end + 1]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        else:
-            body = data
-            self.send_response(200)
-        ctype = upstream.SIMPLE_JSON if path.name == "index.json" else "application/octet-stream"
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.server.sent += len(body)  # type: ignore[attr-defined]
-
-
-class Server:
-    def __init__(self, root: Path, *, ranges: bool = True) -> None:
-        handler = lambda *a, **k: RangeHandler(*a, directory=str(root), **k)  # noqa: E731
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.ranges = ranges  # type: ignore[attr-defined]
-        self.httpd.sent = 0  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def sent(self) -> int:
-        return self.httpd.sent  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -98,15 +40,6 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-def _zip(members: dict[str, bytes], *, comment: bytes = b"") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for i, (name, data) in enumerate(members.items()):
-            zf.writestr(name, data, compress_type=zipfile.ZIP_STORED if i % 2 else zipfile.ZIP_DEFLATED)
-        zf.comment = comment
-    return buf.getvalue()
-
-
 def _members() -> dict[str, bytes]:
     text = "".join(f"line {i}: the quick brown fox\n" for i in range(4000)).encode()
     return {
@@ -123,7 +56,7 @@ def test_zip_members_read_by_range_requests_match_zipfile(served: tuple[Path, Se
     # A member nobody asks for, first in the archive (away from the directory at the end).
     padding = os.urandom(1_000_000)
     members = {"pkg/padding.bin": padding, **_members()}
-    blob = _zip(members, comment=b"c" * 3000)
+    blob = zip_bytes(members, comment=b"c" * 3000)
     (root / "a.whl").write_bytes(blob)
     url = f"{server.url}/a.whl"
 
@@ -155,7 +88,7 @@ def test_zip64_directory(served: tuple[Path, Server]) -> None:
 def test_corrupt_member_fails_its_crc(served: tuple[Path, Server]) -> None:
     root, server = served
     data = b"A" * 1000
-    blob = bytearray(_zip({"pkg/x.py": b"", "pkg/stored.py": data}))
+    blob = bytearray(zip_bytes({"pkg/x.py": b"", "pkg/stored.py": data}))
     offset = bytes(blob).index(data)
     blob[offset + 10] ^= 0xFF
     (root / "bad.whl").write_bytes(bytes(blob))
@@ -168,7 +101,7 @@ def test_corrupt_member_fails_its_crc(served: tuple[Path, Server]) -> None:
 def test_server_without_range_support_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "plain"
     root.mkdir()
-    (root / "a.whl").write_bytes(_zip(_members()))
+    (root / "a.whl").write_bytes(zip_bytes(_members()))
     server = Server(root, ranges=False)
     try:
         with pytest.raises(Failure, match=r"got HTTP 200 \(not 206\)") as info:
@@ -184,17 +117,32 @@ def test_missing_file_names_the_url(served: tuple[Path, Server]) -> None:
         upstream.http_get(f"{server.url}/nothing.whl")
 
 
-def _publish(root: Path, project: str, files: dict[str, bytes]) -> None:
-    """A PEP 691 JSON page for `project` listing `files` (relative URLs, as PEP 691 allows)."""
-    page = root / "simple" / project
-    page.mkdir(parents=True)
-    listing = []
-    for name, data in files.items():
-        (root / "files").mkdir(exist_ok=True)
-        (root / "files" / name).write_bytes(data)
-        sha = hashlib.sha256(data).hexdigest()
-        listing.append({"filename": name, "url": f"../../files/{name}", "hashes": {"sha256": sha}})
-    (page / "index.json").write_text(json.dumps({"meta": {"api-version": "1.0"}, "files": listing}))
+def test_retries_follow_the_network_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that keeps answering 503 is asked exactly STACKFORGE_NET_RETRIES times, with the
+    delay of STACKFORGE_RETRY_DELAY (0 here), and the error names the URL and the status."""
+    asked: list[str] = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_error(503)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("STACKFORGE_NET_RETRIES", "2")
+        with pytest.raises(Failure, match=r"/busy: HTTP 503"):
+            upstream.http_get(f"http://127.0.0.1:{httpd.server_address[1]}/busy")
+        assert asked == ["/busy", "/busy"]
+        monkeypatch.setenv("STACKFORGE_RETRY_DELAY", "soon")
+        with pytest.raises(UsageError, match="STACKFORGE_RETRY_DELAY"):
+            upstream.http_get(f"http://127.0.0.1:{httpd.server_address[1]}/busy")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def _wheel_name(project: str, version: str, plat: str) -> str:
@@ -205,9 +153,9 @@ def test_wheel_member_picks_the_wheel_and_caches(
     served: tuple[Path, Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, server = served
-    x86 = _zip({"demo/a.py": b"x86\n", "demo-1.0.dist-info/METADATA": b"Name: demo\n"})
-    arm = _zip({"demo/a.py": b"arm\n"})
-    _publish(
+    x86 = zip_bytes({"demo/a.py": b"x86\n", "demo-1.0.dist-info/METADATA": b"Name: demo\n"})
+    arm = zip_bytes({"demo/a.py": b"arm\n"})
+    publish(
         root,
         "demo",
         {
@@ -251,7 +199,7 @@ def test_vllm_sdist_verifies_extracts_once_and_builds_a_stable_repo(
     served: tuple[Path, Server], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     root, server = served
-    _publish(root, "vllm", {"vllm-9.9.9.tar.gz": _sdist("9.9.9")})
+    publish(root, "vllm", {"vllm-9.9.9.tar.gz": _sdist("9.9.9")})
     monkeypatch.setenv("STACKFORGE_PYPI_INDEX", f"{server.url}/simple")
     stack = tmp_path / "stack-ws"  # a workspace whose stack builds vLLM 9.9.9
     stack.mkdir()
@@ -279,7 +227,7 @@ def test_sdist_with_a_wrong_digest_is_refused(
     served: tuple[Path, Server], monkeypatch: pytest.MonkeyPatch, private_cache: Path
 ) -> None:
     root, server = served
-    _publish(root, "vllm", {"vllm-9.9.8.tar.gz": _sdist("9.9.8")})
+    publish(root, "vllm", {"vllm-9.9.8.tar.gz": _sdist("9.9.8")})
     (root / "files" / "vllm-9.9.8.tar.gz").write_bytes(_sdist("9.9.8") + b"tampered")
     monkeypatch.setenv("STACKFORGE_PYPI_INDEX", f"{server.url}/simple")
     with pytest.raises(Failure, match=r"sha256 [0-9a-f]{64} does not match the index's"):
@@ -340,10 +288,8 @@ def test_wheel_repo_holds_the_touched_files_and_series_applies(
     commit, a real format-patch series applied with git am (clean verdicts)."""
     root, server = served
     original = b"def gate(major):\n    return major >= 7\n"
-    wheel = _zip({"torch/utils/_triton.py": original, "torch/other.py": b"x = 1\n"})
-    _publish(
-        root, "torch", {_wheel_name("torch", upstream.pinned("pytorch"), "manylinux_2_28_x86_64"): wheel}
-    )
+    wheel = zip_bytes({"torch/utils/_triton.py": original, "torch/other.py": b"x = 1\n"})
+    publish(root, "torch", {_wheel_name("torch", upstream.pinned("pytorch"), "manylinux_2_28_x86_64"): wheel})
     monkeypatch.setenv("STACKFORGE_PYPI_INDEX", f"{server.url}/simple")
 
     # Author a one-commit series on a copy of the upstream repo, the way patches are made.

@@ -48,6 +48,7 @@ from filelock import FileLock
 
 from stackforge.core.console import Failure, UsageError
 from stackforge.core.files import atomic_write
+from stackforge.core.git import env_number
 
 # A PEP 691 simple index; STACKFORGE_PYPI_INDEX points at a mirror (or a local test server).
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -58,7 +59,7 @@ USER_AGENT = "stackforge-upstream/0.1 (+https://pypi.org)"
 PYPI_PROJECT = {"vllm": "vllm", "pytorch": "torch", "triton": "triton"}
 
 
-_RETRIES = 4
+_RETRIES = 4  # PyPI's CDN has short hiccups; the git remotes' policy (3 tries) is tighter
 _TIMEOUT = 60
 
 
@@ -93,8 +94,11 @@ def http_get(
     if byte_range is not None:
         first, last = byte_range
         request_headers["Range"] = f"bytes={first}" if first < 0 else f"bytes={first}-{last}"
-    delay = 1.0
-    for attempt in range(1, _RETRIES + 1):
+    # One retry policy for git and HTTP: STACKFORGE_NET_RETRIES / STACKFORGE_RETRY_DELAY
+    # (seconds, doubled after each try); offline tests set the delay to 0.
+    retries = int(env_number("STACKFORGE_NET_RETRIES", _RETRIES, minimum=1, integer=True))
+    delay = env_number("STACKFORGE_RETRY_DELAY", 1.0)
+    for attempt in range(1, retries + 1):
         try:
             with urllib.request.urlopen(
                 urllib.request.Request(url, headers=request_headers), timeout=_TIMEOUT
@@ -107,15 +111,15 @@ def http_get(
                 return r.read()
         except urllib.error.HTTPError as exc:
             # 4xx other than 429 will not get better by asking again.
-            if (exc.code < 500 and exc.code != 429) or attempt == _RETRIES:
+            if (exc.code < 500 and exc.code != 429) or attempt == retries:
                 raise Failure(
                     f"{url}: HTTP {exc.code} {exc.reason}", hint="check the URL and your network"
                 ) from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            if attempt == _RETRIES:
+            if attempt == retries:
                 reason = getattr(exc, "reason", exc)
                 raise Failure(
-                    f"{url}: {reason} (after {_RETRIES} tries)",
+                    f"{url}: {reason} (after {retries} tries)",
                     hint="check network access to pypi.org / files.pythonhosted.org, or fill the cache "
                     f"({cache_dir()}) on a machine that has it",
                 ) from exc
