@@ -77,6 +77,8 @@ class Report:
     seconds: float = 0.0
     # kernels reached on these GPUs but left out of this run: kernel -> how to audit it
     skipped: dict[str, str] = field(default_factory=dict)
+    # kernels the model list (`model_table`) reaches, audited in this run or not (`models.reached_kernels`)
+    model_kernels: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[Result]:
@@ -106,16 +108,19 @@ class Report:
             "seconds": round(self.seconds, 1),
             "coverage": self.coverage(),
             "autotune": self.autotune(),
-            # results taken from a config that compiles to the same code (`audit._twins`)
-            "twins": sum("only num_stages differs" in r.message for r in self.results),
+            # results taken from a case that compiles to the same code (`audit._twins`)
+            "twins": sum("compiled once" in r.message for r in self.results),
         }
 
     def coverage(self) -> dict[str, int]:
-        """Kernels reached on these GPUs (audited or not), audited, and passing on every arch."""
+        """Kernels reached on these GPUs (audited or not), audited, and passing on every arch; and of
+        the kernels the model list reaches, how many this run audited and passed."""
         audited = {r.kernel for r in self.results}
-        failing = {r.kernel for r in self.failures}
-        return {"reached": len(audited | set(self.skipped)), "audited": len(audited),
-                "passing": len(audited - failing)}  # fmt: skip
+        passing = audited - {r.kernel for r in self.failures}
+        models = set(self.model_kernels)
+        return {"reached": len(audited | set(self.skipped)), "audited": len(audited), "passing": len(passing),
+                "models": len(models), "models_audited": len(models & audited),
+                "models_passing": len(models & passing)}  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,7 +197,7 @@ def print_report(report: Report) -> None:
     s = report.summary()
     verdict = "[green]all compiled[/green]" if not failures else f"[red]{s['failed']} failed[/red]"
     if s["twins"]:
-        verdict += f" ({s['twins']} from the compile of a config that differs only in num_stages)"
+        verdict += f" ({s['twins']} from the compile of a launch that specialises the same)"
     if s["by_status"].get("pruned"):
         verdict += f", {s['by_status']['pruned']} autotune configs pruned by the tree"
     out.print(
@@ -201,7 +206,8 @@ def print_report(report: Report) -> None:
     )
     c = s["coverage"]
     out.print(
-        f"coverage: {c['reached']} kernels reached on these GPUs, {c['audited']} audited, {c['passing']} passing "
+        f"coverage: {c['reached']} kernels reached on these GPUs, {c['audited']} audited, {c['passing']} passing; "
+        f"reached by the model list: {c['models']}, {c['models_audited']} audited, {c['models_passing']} passing "
         "(cells: shared bytes, registers, resident warps per SM of the maximum and what limits them, "
         "local-memory and stack bytes, fp16 SASS instructions)"
     )
