@@ -172,9 +172,34 @@ def ssm_cache_dtype(vllm_src: Path, architecture: str, config: dict[str, Any]) -
     return "auto" if default is None else str(config.get("mamba_ssm_cache_dtype", default))
 
 
+@functools.cache
+def _block_rule_is_known(vllm_src: Path) -> bool:
+    """Whether the tree sizes the hybrid attention block as `hybrid_block_size` computes it:
+    `HybridAttentionMambaModelConfig` sets `attn_block_size` from the page sizes and hybrids run
+    without prefix caching by default. Newer trees move it to the platform, after the backend is
+    known, with prefix caching on (chunk-aligned blocks): not followed yet."""
+    config = vllm_src / "vllm" / "model_executor" / "models" / "config.py"
+    model = vllm_src / "vllm" / "config" / "model.py"
+    if not (config.is_file() and model.is_file()):
+        return False
+    cls = next((n for n in _source(config).body if isinstance(n, ast.ClassDef)
+                and n.name == "HybridAttentionMambaModelConfig"), None)  # fmt: skip
+    sets_block = cls is not None and any(
+        isinstance(n, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "attn_block_size" for t in n.targets)
+        for n in ast.walk(cls)
+    )
+    return sets_block and "Hybrid models do not support prefix caching" in model.read_text()
+
+
 def hybrid_block_size(vllm_src: Path, model: Model, dtype: str) -> int:
     """The attention KV block size vLLM gives `model` (a hybrid row) in `dtype`, KV cache "auto"."""
     assert model.hybrid is not None
+    if not _block_rule_is_known(vllm_src):
+        raise NotImplementedError(
+            f"{vllm_src}: this tree sizes the hybrid attention block elsewhere (not in "
+            "HybridAttentionMambaModelConfig, or with prefix caching on by default); not followed yet"
+        )
     cfg = {k: v for k, v in model.hybrid.items() if k != "architecture"}
     arch = model.hybrid["architecture"]
     shapes = state_shapes(vllm_src, arch, tuple(sorted(cfg.items())))
