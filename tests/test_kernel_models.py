@@ -157,3 +157,20 @@ def test_launches_that_specialise_the_same_compile_once(tree: Path, tmp_path: Pa
         assert (r.status, r.shared, r.stats, r.reach) == (first.status, first.shared, first.stats, "model")
     assert "compiled once" not in by["unified_attention_2d/mistral-fp16"].message
     assert report.summary()["twins"] == 2
+
+
+@pytest.mark.upstream
+def test_a_tree_that_sizes_hybrid_blocks_elsewhere_is_not_guessed(tree: Path) -> None:
+    """The 0.33.0 tree sizes the hybrid attention block in the platform, with prefix caching on:
+    its hybrid cases are left out, named, not compiled with the older tree's block."""
+    from stackforge.verify.upstream import pypi as upstream
+
+    newer = upstream.vllm_sdist("0.33.0")
+    assert models.block_rule_known(tree) and not models.block_rule_known(newer)
+    left = models.unfollowed(all_cases(), newer)
+    hybrid = {m.key for m in models.models() if m.hybrid}
+    assert left and {i.partition("/")[2].rsplit("-", 1)[0] for i in left} == hybrid
+    assert models.unfollowed(all_cases(), tree) == {}
+    granite = next(m for m in models.models() if m.key == "granite4")
+    with pytest.raises(NotImplementedError, match="not followed yet"):
+        models.hybrid_block_size(newer, granite, "float16")

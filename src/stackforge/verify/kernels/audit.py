@@ -41,7 +41,7 @@ from stackforge.core.console import EXIT_FAILED, EXIT_OK, Failure, UsageError, e
 from stackforge.core.workspace import Workspace
 from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels.cases import HEAD_SIZES, Case, all_cases
-from stackforge.verify.kernels.models import reached_kernels
+from stackforge.verify.kernels.models import reached_kernels, unfollowed
 from stackforge.verify.kernels.report import Report, Result, print_report
 from stackforge.verify.kernels.worker import Worker, WorkerLost, overlay_env
 
@@ -250,6 +250,8 @@ def audit(
     cases, skipped = select_cases(
         kernels, head_sizes, backends, lambda m: auto_dtype(vllm_src, min(archs), m)
     )
+    left_out = unfollowed(cases, vllm_src)
+    cases = [c for c in cases if c.id not in left_out]
     report = Report(
         env_name,
         archs,
@@ -265,6 +267,7 @@ def audit(
             state=state, save=save, jobs=jobs, progress=progress, timeout=timeout,
         )  # fmt: skip
     report.skipped = skipped
+    report.unfollowed = left_out
     report.model_kernels = sorted(reached_kernels(all_cases(head_sizes)))
     report.seconds = time.monotonic() - start
     return report

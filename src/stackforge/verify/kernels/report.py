@@ -79,6 +79,8 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)
     # kernels the model list (`model_table`) reaches, audited in this run or not (`models.reached_kernels`)
     model_kernels: list[str] = field(default_factory=list)
+    # model cases left out because this tree cannot be followed for them: case id -> why
+    unfollowed: dict[str, str] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[Result]:
@@ -131,6 +133,7 @@ class Report:
             "summary": self.summary(),
             "results": [r.to_json() for r in self.results],
             "not_audited": self.skipped,
+            "not_followed": self.unfollowed,
         }
 
 
@@ -189,6 +192,8 @@ def print_report(report: Report) -> None:
         out.print(line, markup=False, highlight=False)
     for kernel, how in report.skipped.items():
         out.print(f"not audited: {kernel} ({how})", markup=False, highlight=False)
+    for case, why in report.unfollowed.items():
+        out.print(f"not audited: {case} ({why})", markup=False, highlight=False)
     t = report.triton
     out.print(
         f"triton {t['version']} ({t['how']}{', ' + str(len(t['patches'])) + ' patches' if t['patches'] else ''}); "
