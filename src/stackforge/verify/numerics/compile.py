@@ -46,6 +46,11 @@ def guard_shared_memory() -> None:
     CUDABackend.make_ptx, CUDABackend.make_cubin = make_ptx, make_cubin
 
 
+# (id of the JITFunction, arch) -> (the function, target, backend, binder): making a binder
+# generates and execs Python, which the audit's twin keys would otherwise do once per case
+_BINDERS: dict[tuple[int, int], tuple[Any, Any, Any, Any]] = {}
+
+
 def specialise(fn: Any, launch: Launch, arch: int) -> tuple[Any, Any, dict, dict, dict, Any, dict]:
     """Triton's own launch binder on `launch` for `arch`: (target, backend, bound arguments,
     signature, constexprs, attrs, options), what `triton.compile` and its cache key are made of."""
@@ -53,9 +58,16 @@ def specialise(fn: Any, launch: Launch, arch: int) -> tuple[Any, Any, dict, dict
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    if (id(fn), arch) not in _BINDERS:  # the function is kept with it, so its id stays its own
+        target = GPUTarget("cuda", arch, 32)
+        backend = make_backend(target)
+        _BINDERS[id(fn), arch] = (
+            fn,
+            target,
+            backend,
+            create_function_from_signature(fn.signature, fn.params, backend),
+        )
+    _, target, backend, binder = _BINDERS[id(fn), arch]
     kwargs = {**launch.kwargs, "debug": False}
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
