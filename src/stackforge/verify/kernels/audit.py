@@ -41,6 +41,7 @@ from stackforge.core.console import EXIT_FAILED, EXIT_OK, Failure, UsageError, e
 from stackforge.core.workspace import Workspace
 from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels.cases import HEAD_SIZES, Case, all_cases
+from stackforge.verify.kernels.models import reached_kernels, unfollowed
 from stackforge.verify.kernels.report import Report, Result, print_report
 from stackforge.verify.kernels.worker import Worker, WorkerLost, overlay_env
 
@@ -118,7 +119,7 @@ def run_audit(
     modules = sorted({c.module for c in cases})
     common = {"vllm_src": str(vllm_src), "head_sizes": list(head_sizes), "modules": modules}
     initial: list[Worker] = []
-    twins = _twins(cases, archs, common, env, logs, timeout, initial)
+    twins = _twins(cases, archs, common, env, logs, timeout, initial, save)
     skip = {t.id for group in twins.values() for t in group}
     items = sorted(
         ((c, g) for c in cases if c.id not in skip for g in groups), key=lambda item: -item[0].cost
@@ -177,18 +178,21 @@ def run_audit(
 
 
 def _twins(cases: list[Case], archs: list[int], common: dict, env: dict[str, str], logs: Path,
-           timeout: float | None, initial: list[Worker]) -> dict[str, list[Case]]:  # fmt: skip
-    """Autotune configs that compile to the same code as an earlier config of their kernel and
-    shape (`audit_worker.twin_key`: below sm_80 only num_stages tells them apart): the earlier
-    case's id -> its twins, which are not compiled but get its results. The worker that describes
-    them is kept in `initial` for the compiles; a worker lost here means no twins."""
-    tuned = [c for c in cases if c.config is not None]
-    if not tuned or max(archs) >= 80:
+           timeout: float | None, initial: list[Worker], save: Path | None = None) -> dict[str, list[Case]]:  # fmt: skip
+    """Cases that compile to the same code as an earlier case (`audit_worker.twin_key`: the same
+    kernel, signature, constexprs and options; below sm_80 num_stages aside): the earlier case's
+    id -> its twins, which are not compiled but get its results. With `save`, only autotune
+    configs are twinned (as before): a numerics record needs each shape's own launch. The worker
+    that describes them is kept in `initial` for the compiles; a worker lost here means no twins."""
+    candidates = [c for c in cases if save is None or c.config is not None]
+    if len(candidates) < 2:
         return {}
     worker = Worker("stackforge.verify.kernels.audit_worker", env, logs / "worker-0.log")
     try:
         msgs = list(
-            worker.request({"describe": [c.id for c in tuned], "archs": archs, **common}, timeout=timeout)
+            worker.request(
+                {"describe": [c.id for c in candidates], "archs": archs, **common}, timeout=timeout
+            )
         )
     except WorkerLost:
         return {}
@@ -196,7 +200,7 @@ def _twins(cases: list[Case], archs: list[int], common: dict, env: dict[str, str
     keys = next((m["keys"] for m in msgs if m.get("event") == "keys"), {})
     first: dict[str, Case] = {}
     twins: dict[str, list[Case]] = {}
-    for c in tuned:
+    for c in candidates:
         key = keys.get(c.id)
         if key is None:
             continue
@@ -208,8 +212,12 @@ def _twins(cases: list[Case], archs: list[int], common: dict, env: dict[str, str
 
 
 def _as_twin(res: Result, twin: Case) -> Result:
-    note = f"compiled once with config {res.config}: only num_stages differs, unused below sm_80"
-    return dataclasses.replace(res, case=twin.id, shape=twin.shape, config=twin.config, seconds=0.0,
+    if twin.config is not None and twin.id.rpartition("@")[0] == res.case.rpartition("@")[0]:
+        note = f"compiled once with config {res.config}: only num_stages differs, unused below sm_80"
+    else:
+        note = f"compiled once as {res.case}: the same kernel, signature, constexprs and options"
+    return dataclasses.replace(res, case=twin.id, kernel=twin.kernel, shape=twin.shape, config=twin.config,
+                               configs=twin.configs, reach=twin.reach, reached_by=twin.reached_by, seconds=0.0,
                                message=f"{res.message}; {note}" if res.message else note)  # fmt: skip
 
 
@@ -242,6 +250,8 @@ def audit(
     cases, skipped = select_cases(
         kernels, head_sizes, backends, lambda m: auto_dtype(vllm_src, min(archs), m)
     )
+    left_out = unfollowed(cases, vllm_src)
+    cases = [c for c in cases if c.id not in left_out]
     report = Report(
         env_name,
         archs,
@@ -257,6 +267,8 @@ def audit(
             state=state, save=save, jobs=jobs, progress=progress, timeout=timeout,
         )  # fmt: skip
     report.skipped = skipped
+    report.unfollowed = left_out
+    report.model_kernels = sorted(reached_kernels(all_cases(head_sizes)))
     report.seconds = time.monotonic() - start
     return report
 

@@ -34,7 +34,12 @@ from stackforge.verify.kernels.report import Result
 from stackforge.verify.kernels.sass import cubin_stats
 from stackforge.verify.kernels.tuning import jit_function
 from stackforge.verify.kernels.worker import serve
-from stackforge.verify.numerics.compile import SharedMemoryOver, compile_launch, guard_shared_memory
+from stackforge.verify.numerics.compile import (
+    SharedMemoryOver,
+    compile_launch,
+    guard_shared_memory,
+    specialise,
+)
 from stackforge.verify.numerics.records import triton_record, write_record
 
 
@@ -175,24 +180,31 @@ def _launch(case: Case, module: Any, arch: int) -> Any:
 
 
 def twin_key(case: Case, modules: dict[int, Any]) -> str | None:
-    """Equal for autotune configs that compile to the same code on every arch of `modules`, None
-    for a case without a config. Below sm_80 Triton 3.5's make_ttgir runs no pipeliner, its one
-    use of num_stages, so configs that differ only in num_stages (chunk_o's 36 are 12 kernels)
-    launch the same code: the audit compiles one and reports it for all."""
-    if case.config is None or max(modules) >= 80:
-        return None
+    """Equal for cases that compile to the same code on every arch of `modules`: the same kernel
+    with the same Triton signature, constexprs, attributes and options (what Triton's own cache
+    keys a compile by), so that model rows sharing a launch with another case (Llama 3.1 8B's and
+    the generic head-128 case's) or with each other compile once. Below sm_80 Triton 3.5's
+    make_ttgir runs no pipeliner, its one use of num_stages, so configs that differ only in
+    num_stages (chunk_o's 36 are 12 kernels) count as the same there. None where the launch
+    cannot be built (the compile reports why)."""
     parts = []
     for arch, module in sorted(modules.items()):
         try:
-            launch = case.build(module, arch, _limit(arch))
+            fn = jit_function(case.find(module)[1])
+            launch = fit(fn, case.build(module, arch, _limit(arch)))
         except Pruned:  # nothing to compile: no twin needed, and none claimed
-            parts.append(f"pruned config {case.config}")
+            parts.append(f"pruned {case.id}")
             continue
         except Exception:
             return None
-        kwargs = {k: v for k, v in launch.kwargs.items() if k != "num_stages"}
-        parts.append(repr((launch.args, sorted(kwargs.items()), launch.grid)))
-    return repr((case.module, case.function, case.id.rpartition("@")[0], parts))
+        try:
+            *_, signature, constexprs, attrs, options = specialise(fn, launch, arch)
+        except Exception:
+            return None
+        opts = {k: v for k, v in sorted(options.__dict__.items()) if not (k == "num_stages" and arch < 80)}
+        parts.append(repr((fn.__name__, signature, sorted(constexprs.items(), key=repr), sorted(attrs.items(), key=repr),
+                           opts)))  # fmt: skip
+    return repr((case.module, parts))
 
 
 class Handler:

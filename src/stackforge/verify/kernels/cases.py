@@ -40,6 +40,7 @@ from stackforge.verify.kernels.cases_prefill import (
 )
 from stackforge.verify.kernels.cases_ssm import mamba2_cases
 from stackforge.verify.kernels.launch import Case
+from stackforge.verify.kernels.models import Model, models, with_block
 
 __all__ = ["HEAD_SIZES", "Case", "all_cases", "attention_cases", "other_cases"]
 
@@ -130,14 +131,7 @@ def attention_cases(head_sizes: tuple[int, ...] = HEAD_SIZES) -> list[Case]:
     return cases
 
 
-# TRITON_ATTN launches of real models, with the branches the generic cases leave off. Values from
-# each model's config.json: (vLLM model_type, model, Attn of head_dim, heads, KV heads, window, softcap).
-MODELS = (
-    ("gemma2", "Gemma 2 9B", dict(head_size=256, num_q_heads=16, num_kv_heads=8, sliding_window=4096, softcap=50.0)),
-    ("gemma3", "Gemma 3 4B", dict(head_size=256, num_q_heads=8, num_kv_heads=4, sliding_window=1024)),
-    ("glm4", "GLM-4 9B 0414", dict(head_size=128, num_q_heads=32, num_kv_heads=2)),
-    ("qwen2", "Qwen2.5 7B", dict(head_size=128, num_q_heads=28, num_kv_heads=4)),
-)  # fmt: skip
+# TRITON_ATTN launches of the model list (`model_table`, turned into scenarios by `models`).
 _MODEL_KERNELS = (
     ("reshape_and_cache_flash", "triton_reshape_and_cache_flash", "reshape_and_cache_kernel_flash", reshape_and_cache),
     ("unified_attention_2d", "triton_unified_attention", "kernel_unified_attention_2d", unified_2d),
@@ -146,25 +140,28 @@ _MODEL_KERNELS = (
 )  # fmt: skip
 
 
-def model_cases() -> list[Case]:
-    """Each model's TRITON_ATTN launches in float16 and in float32; `select_cases` keeps the dtype
-    vLLM picks for it (`dtypes.auto_dtype`: float32 for the families vLLM refuses in float16)."""
+def model_cases(table: list[Model] | None = None) -> list[Case]:
+    """Each listed model's TRITON_ATTN launches, per kind of attention layer, in float16 and in
+    float32; `select_cases` keeps the dtype vLLM picks for it (`dtypes.auto_dtype`: float32 for the
+    families vLLM refuses in float16). Ids: `<kernel>/<key>[-full]-fp16`, "-full" for the global
+    layers of a model whose other layers slide."""
     cases = []
-    for model_type, name, attn in MODELS:
+    for m in table if table is not None else models():
         for dtype in ("float16", "float32"):
-            a = Attn(**attn, dtype=dtype)
-            extra = "".join(
-                [f" window={a.sliding_window}"] * bool(a.sliding_window)
-                + [f" softcap={a.softcap:g}"] * bool(a.softcap)
-            )
-            shape = (
-                f"{name}: head={a.head_size} q_heads={a.num_q_heads} kv_heads={a.num_kv_heads}{extra} {dtype}"
-            )
-            for kernel, module, function, build in _MODEL_KERNELS:
-                cases.append(Case(f"{kernel}/{model_type}-{'fp32' if dtype == 'float32' else 'fp16'}", kernel,
-                                  _OPS + module, function, "triton_attn.py:TritonAttentionImpl.forward",
-                                  f"{_TRITON_ATTN}, {name}", shape, build(a), reach="model", model=model_type,
-                                  dtype=dtype, alternatives=ALTERNATIVES.get(function, ())))  # fmt: skip
+            variants = m.attention(dtype)
+            for kind, a in variants:
+                layer = "-full" if kind == "full" and len(variants) > 1 else ""
+                extra = "".join([f" window={a.sliding_window}"] * bool(a.sliding_window)
+                                + [f" softcap={a.softcap:g}"] * bool(a.softcap) + [" sinks"] * a.sinks
+                                + [" block=hybrid"] * bool(m.hybrid))  # fmt: skip
+                shape = (f"{m.name}{' global layers' if layer else ''}: head={a.head_size} "
+                         f"q_heads={a.num_q_heads} kv_heads={a.num_kv_heads}{extra} {dtype}")  # fmt: skip
+                tag = f"{m.key}{layer}-{'fp32' if dtype == 'float32' else 'fp16'}"
+                for kernel, module, function, build in _MODEL_KERNELS:
+                    cases.append(Case(f"{kernel}/{tag}", kernel, _OPS + module, function,
+                                      "triton_attn.py:TritonAttentionImpl.forward", f"{_TRITON_ATTN}, {m.name}",
+                                      shape, with_block(m, a, build), reach="model", model=m.model_type,
+                                      dtype=dtype, alternatives=ALTERNATIVES.get(function, ())))  # fmt: skip
     return cases
 
 

@@ -26,7 +26,8 @@ HEAD_SIZES = (64, 80, 96, 128, 256)
 
 @dataclass(frozen=True)
 class Attn:
-    """Llama-style GQA (32 query heads over 8 KV heads) with vLLM's default KV block size 16."""
+    """Llama-style GQA (32 query heads over 8 KV heads) with vLLM's default KV block size 16; the
+    model cases (`models`) give each listed model's heads, window, softcap, sinks and block."""
 
     head_size: int
     num_q_heads: int = 32
@@ -44,8 +45,9 @@ class Attn:
 
     def branches(self) -> dict[str, Any]:
         """The unified kernels' keyword arguments for these branches, as triton_attn.py passes them
-        (SLIDING_WINDOW = 1 + window_size[0] = the model's window; sinks are float32)."""
-        sink = Tensor("float32", (self.num_q_heads,), role="sinks") if self.sinks else None
+        (SLIDING_WINDOW = 1 + window_size[0] = the model's window). Sinks are in the model's dtype:
+        gpt_oss.py makes them `torch.empty(heads)` under the loader's default dtype, the model's."""
+        sink = Tensor(self.dtype, (self.num_q_heads,), role="sinks") if self.sinks else None
         return dict(softcap=self.softcap, USE_SOFTCAP=self.softcap > 0, SLIDING_WINDOW=self.sliding_window,
                     sink_ptr=sink, USE_SINKS=self.sinks)  # fmt: skip
 

@@ -77,6 +77,10 @@ class Report:
     seconds: float = 0.0
     # kernels reached on these GPUs but left out of this run: kernel -> how to audit it
     skipped: dict[str, str] = field(default_factory=dict)
+    # kernels the model list (`model_table`) reaches, audited in this run or not (`models.reached_kernels`)
+    model_kernels: list[str] = field(default_factory=list)
+    # model cases left out because this tree cannot be followed for them: case id -> why
+    unfollowed: dict[str, str] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[Result]:
@@ -106,16 +110,19 @@ class Report:
             "seconds": round(self.seconds, 1),
             "coverage": self.coverage(),
             "autotune": self.autotune(),
-            # results taken from a config that compiles to the same code (`audit._twins`)
-            "twins": sum("only num_stages differs" in r.message for r in self.results),
+            # results taken from a case that compiles to the same code (`audit._twins`)
+            "twins": sum("compiled once" in r.message for r in self.results),
         }
 
     def coverage(self) -> dict[str, int]:
-        """Kernels reached on these GPUs (audited or not), audited, and passing on every arch."""
+        """Kernels reached on these GPUs (audited or not), audited, and passing on every arch; and of
+        the kernels the model list reaches, how many this run audited and passed."""
         audited = {r.kernel for r in self.results}
-        failing = {r.kernel for r in self.failures}
-        return {"reached": len(audited | set(self.skipped)), "audited": len(audited),
-                "passing": len(audited - failing)}  # fmt: skip
+        passing = audited - {r.kernel for r in self.failures}
+        models = set(self.model_kernels)
+        return {"reached": len(audited | set(self.skipped)), "audited": len(audited), "passing": len(passing),
+                "models": len(models), "models_audited": len(models & audited),
+                "models_passing": len(models & passing)}  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +133,7 @@ class Report:
             "summary": self.summary(),
             "results": [r.to_json() for r in self.results],
             "not_audited": self.skipped,
+            "not_followed": self.unfollowed,
         }
 
 
@@ -184,6 +192,8 @@ def print_report(report: Report) -> None:
         out.print(line, markup=False, highlight=False)
     for kernel, how in report.skipped.items():
         out.print(f"not audited: {kernel} ({how})", markup=False, highlight=False)
+    for case, why in report.unfollowed.items():
+        out.print(f"not audited: {case} ({why})", markup=False, highlight=False)
     t = report.triton
     out.print(
         f"triton {t['version']} ({t['how']}{', ' + str(len(t['patches'])) + ' patches' if t['patches'] else ''}); "
@@ -192,7 +202,7 @@ def print_report(report: Report) -> None:
     s = report.summary()
     verdict = "[green]all compiled[/green]" if not failures else f"[red]{s['failed']} failed[/red]"
     if s["twins"]:
-        verdict += f" ({s['twins']} from the compile of a config that differs only in num_stages)"
+        verdict += f" ({s['twins']} from the compile of a launch that specialises the same)"
     if s["by_status"].get("pruned"):
         verdict += f", {s['by_status']['pruned']} autotune configs pruned by the tree"
     out.print(
@@ -201,7 +211,8 @@ def print_report(report: Report) -> None:
     )
     c = s["coverage"]
     out.print(
-        f"coverage: {c['reached']} kernels reached on these GPUs, {c['audited']} audited, {c['passing']} passing "
+        f"coverage: {c['reached']} kernels reached on these GPUs, {c['audited']} audited, {c['passing']} passing; "
+        f"reached by the model list: {c['models']}, {c['models_audited']} audited, {c['models_passing']} passing "
         "(cells: shared bytes, registers, resident warps per SM of the maximum and what limits them, "
         "local-memory and stack bytes, fp16 SASS instructions)"
     )

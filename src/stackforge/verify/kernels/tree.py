@@ -85,6 +85,7 @@ def _calls(node: ast.AST, method: str) -> bool:
     return any(isinstance(n, ast.Attribute) and n.attr == method for n in ast.walk(node))
 
 
+@functools.cache  # every attention case asks it, several times per build
 def flash_cache_layout(root: Path | None) -> tuple[int, ...] | None:
     """How TRITON_ATTN's forward gets its key and value caches:
 

@@ -46,26 +46,47 @@ def guard_shared_memory() -> None:
     CUDABackend.make_ptx, CUDABackend.make_cubin = make_ptx, make_cubin
 
 
+# (id of the JITFunction, arch) -> (the function, target, backend, binder): making a binder
+# generates and execs Python, which the audit's twin keys would otherwise do once per case
+_BINDERS: dict[tuple[int, int], tuple[Any, Any, Any, Any]] = {}
+
+
+def specialise(fn: Any, launch: Launch, arch: int) -> tuple[Any, Any, dict, dict, dict, Any, dict]:
+    """Triton's own launch binder on `launch` for `arch`: (target, backend, bound arguments,
+    signature, constexprs, attrs, options), what `triton.compile` and its cache key are made of."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    if (id(fn), arch) not in _BINDERS:  # the function is kept with it, so its id stays its own
+        target = GPUTarget("cuda", arch, 32)
+        backend = make_backend(target)
+        _BINDERS[id(fn), arch] = (
+            fn,
+            target,
+            backend,
+            create_function_from_signature(fn.signature, fn.params, backend),
+        )
+    _, target, backend, binder = _BINDERS[id(fn), arch]
+    kwargs = {**launch.kwargs, "debug": False}
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return target, backend, dict(bound), signature, constexprs, attrs, options
+
+
 def compile_launch(fn: Any, launch: Launch, arch: int) -> tuple[Any, dict, dict]:
     """Specialise the arguments with Triton's own launch binder, then compile for `arch`:
     (compiled kernel, bound arguments, Triton signature)."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
+    from triton.compiler import ASTSource
 
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = {**launch.kwargs, "debug": False}
-    bound, specialization, options = binder(*launch.args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    target, _, bound, signature, constexprs, attrs, options = specialise(fn, launch, arch)
     with contextlib.redirect_stdout(io.StringIO()):  # Triton prints a whole PTX reproducer on a ptxas error
         kernel = triton.compile(
             ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
         )
     kernel.stackforge_options = options.__dict__  # what a retargeted ptxas run needs
-    return kernel, dict(bound), signature
+    return kernel, bound, signature
 
 
 def first_error(exc: Exception) -> str:
