@@ -1,8 +1,8 @@
 """Benchmark `stackforge audit kernels`: a cold run (an empty Triton cache) and a warm one, wall
 and CPU time (the audit and its workers), and the figures the audit reads from each cubin for
-the kernels a user reaches: registers, local-memory bytes, fp16 SASS instructions, shared bytes
-and theoretical occupancy (resident warps per SM, what limits them). Prints figures; asserts
-nothing.
+the kernels a user reaches: registers, stack frame and spill store bytes (ptxas' spills, from the
+SASS), fp16 SASS instructions, shared bytes and theoretical occupancy (resident warps per SM, what
+limits them). Static figures read from the cubins, not timings. Prints figures; asserts nothing.
 
     python benchmarks/bench_kernel_audit.py [-e pascal] [--vllm-src DIR] [--all] [--jobs N]
 
@@ -85,7 +85,7 @@ def main() -> int:
     archs = report["archs"]
     print(
         f"\n{'case':34} {'reach':20} "
-        + " ".join(f"{'sm_' + str(a) + ' regs/local/fp16/smem/warps':40}" for a in archs)
+        + " ".join(f"{'sm_' + str(a) + ' regs/stack/spill/fp16/smem/warps':46}" for a in archs)
     )
     for case, by_arch in rows.items():
         cells = []
@@ -94,13 +94,31 @@ def main() -> int:
             occ = r.get("occupancy")
             warps = f"{occ['warps']}/{occ['max_warps']} {'+'.join(occ['limited_by'])}" if occ else "-"
             cells.append(
-                f"{st.get('regs')}/{st.get('local')}/{st.get('fp16_ops')}/{r['shared']}/{warps}"
+                f"{st.get('regs')}/{st.get('stack')}/{st.get('spill_store_bytes')}/{st.get('fp16_ops')}/"
+                f"{r['shared']}/{warps}"
                 if r["status"] == "ok"
                 else r["status"]
             )
-        print(f"{case:34} {by_arch[archs[0]]['reach']:20} " + " ".join(f"{c:40}" for c in cells))
+        print(f"{case:34} {by_arch[archs[0]]['reach']:20} " + " ".join(f"{c:46}" for c in cells))
     _occupancy_summary(report["results"])
+    _spill_summary(report["results"])
     return 0
+
+
+def _spill_summary(results: list[dict], worst: int = 8) -> None:
+    """Per arch: how many compiles spill (static: ptxas' spill store bytes per thread), and the worst."""
+    by_arch: dict[int, list[dict]] = defaultdict(list)
+    for r in results:
+        if (r.get("stats") or {}).get("spill_store_bytes"):
+            by_arch[r["arch"]].append(r)
+    for arch, spilling in sorted(by_arch.items()):
+        top = sorted(spilling, key=lambda r: -r["stats"]["spill_store_bytes"])[:worst]
+        print(
+            f"sm_{arch} spills (static) in {len(spilling)} compiles; most: "
+            + ", ".join(
+                f"{r['case']} {r['stats']['spill_store_bytes']} B at {r['stats']['regs']} regs" for r in top
+            )
+        )
 
 
 def _occupancy_summary(results: list[dict]) -> None:
