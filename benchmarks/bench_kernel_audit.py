@@ -4,7 +4,7 @@ the kernels a user reaches: registers, stack frame and spill store bytes (ptxas'
 SASS), fp16 SASS instructions, shared bytes and theoretical occupancy (resident warps per SM, what
 limits them). Static figures read from the cubins, not timings. Prints figures; asserts nothing.
 
-    python benchmarks/bench_kernel_audit.py [-e pascal] [--vllm-src DIR] [--all] [--jobs N]
+    python benchmarks/bench_kernel_audit.py [-e pascal] [--vllm-src DIR] [--all] [--jobs N] [--kernels K,...]
 
 Without --vllm-src the vLLM tree is v0.14.0 from the PyPI sdist with patches/vllm applied
 (`stackforge.verify.upstream.repos.patched_repo`, cached after the first download).
@@ -43,6 +43,7 @@ def main() -> int:
     parser.add_argument("--vllm-src", type=Path)
     parser.add_argument("--all", action="store_true", help="the opt-in backends' kernels too")
     parser.add_argument("--jobs", type=int)
+    parser.add_argument("--kernels", help="only these kernels (the audit's --kernels)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-kernel-audit-") as scratch:
         vllm = args.vllm_src
@@ -64,6 +65,7 @@ def main() -> int:
             "--json",
         ]
         argv += ["--all"] * args.all + (["--jobs", str(args.jobs)] if args.jobs else [])
+        argv += ["--kernels", args.kernels] if args.kernels else []
         cold = _run(argv, env)
         warm = _run(argv, env)
     report = warm[2]
