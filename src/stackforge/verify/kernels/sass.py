@@ -26,7 +26,7 @@ _OP = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(?:\.[
 # local-memory stores and loads with their width modifiers (STL.64, LDL.LU.128, STL.S16)
 _LOCAL = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(STL|LDL)((?:\.[A-Z0-9]+)*)\s")
 _WIDTH = {".U8": 1, ".S8": 1, ".U16": 2, ".S16": 2, ".64": 8, ".128": 16}
-STATS_VERSION = 2  # cached figures of an older layout are read again
+STATS_VERSION = 3  # cached figures of an older layout are read again
 
 
 def cuobjdump() -> Path:
@@ -76,17 +76,20 @@ def _read(tool: Path, cubin: bytes, num_warps: int, shared: int) -> dict[str, An
         res = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=False)
         sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True, check=False)
     m = _RES.search(res.stdout)
+    # A newer wheel's cuobjdump (CUDA 13, triton 3.8) refuses to disassemble sm_6x/sm_70 cubins
+    # ("SM61 is deprecated") while -res-usage still works: the SASS figures are then unknown, not 0.
     ops = sass_ops(sass.stdout)
+    listed = sass.returncode == 0 and bool(ops)
     fp16 = {op: n for op, n in ops.items() if op in FP16_OPS}
     stored, loaded = local_bytes(sass.stdout)
     return {
         "regs": int(m[1]) if m else None,
         "stack": int(m[2]) if m else None,
         "local": int(m[4]) if m else None,
-        "spill_stores": ops.get("STL", 0),
-        "spill_store_bytes": stored,
-        "spill_load_bytes": loaded,
-        "fp16_ops": sum(fp16.values()),
+        "spill_stores": ops.get("STL", 0) if listed else None,
+        "spill_store_bytes": stored if listed else None,
+        "spill_load_bytes": loaded if listed else None,
+        "fp16_ops": sum(fp16.values()) if listed else None,
         "fp16_by_op": fp16,
         "warps": num_warps,
         "shared": shared,
