@@ -1,10 +1,10 @@
 """Benchmark `stackforge audit kernels`: a cold run (an empty Triton cache) and a warm one, wall
 and CPU time (the audit and its workers), and the figures the audit reads from each cubin for
-the kernels a user reaches: registers, local-memory bytes, fp16 SASS instructions, shared bytes
-and theoretical occupancy (resident warps per SM, what limits them). Prints figures; asserts
-nothing.
+the kernels a user reaches: registers, stack frame and spill store bytes (ptxas' spills, from the
+SASS), fp16 SASS instructions, shared bytes and theoretical occupancy (resident warps per SM, what
+limits them). Static figures read from the cubins, not timings. Prints figures; asserts nothing.
 
-    python benchmarks/bench_kernel_audit.py [-e pascal] [--vllm-src DIR] [--all] [--jobs N]
+    python benchmarks/bench_kernel_audit.py [-e pascal] [--vllm-src DIR] [--all] [--jobs N] [--kernels K,...]
 
 Without --vllm-src the vLLM tree is v0.14.0 from the PyPI sdist with patches/vllm applied
 (`stackforge.verify.upstream.repos.patched_repo`, cached after the first download).
@@ -43,6 +43,7 @@ def main() -> int:
     parser.add_argument("--vllm-src", type=Path)
     parser.add_argument("--all", action="store_true", help="the opt-in backends' kernels too")
     parser.add_argument("--jobs", type=int)
+    parser.add_argument("--kernels", help="only these kernels (the audit's --kernels)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-kernel-audit-") as scratch:
         vllm = args.vllm_src
@@ -64,6 +65,7 @@ def main() -> int:
             "--json",
         ]
         argv += ["--all"] * args.all + (["--jobs", str(args.jobs)] if args.jobs else [])
+        argv += ["--kernels", args.kernels] if args.kernels else []
         cold = _run(argv, env)
         warm = _run(argv, env)
     report = warm[2]
@@ -85,7 +87,7 @@ def main() -> int:
     archs = report["archs"]
     print(
         f"\n{'case':34} {'reach':20} "
-        + " ".join(f"{'sm_' + str(a) + ' regs/local/fp16/smem/warps':40}" for a in archs)
+        + " ".join(f"{'sm_' + str(a) + ' regs/stack/spill/fp16/smem/warps':46}" for a in archs)
     )
     for case, by_arch in rows.items():
         cells = []
@@ -94,13 +96,31 @@ def main() -> int:
             occ = r.get("occupancy")
             warps = f"{occ['warps']}/{occ['max_warps']} {'+'.join(occ['limited_by'])}" if occ else "-"
             cells.append(
-                f"{st.get('regs')}/{st.get('local')}/{st.get('fp16_ops')}/{r['shared']}/{warps}"
+                f"{st.get('regs')}/{st.get('stack')}/{st.get('spill_store_bytes')}/{st.get('fp16_ops')}/"
+                f"{r['shared']}/{warps}"
                 if r["status"] == "ok"
                 else r["status"]
             )
-        print(f"{case:34} {by_arch[archs[0]]['reach']:20} " + " ".join(f"{c:40}" for c in cells))
+        print(f"{case:34} {by_arch[archs[0]]['reach']:20} " + " ".join(f"{c:46}" for c in cells))
     _occupancy_summary(report["results"])
+    _spill_summary(report["results"])
     return 0
+
+
+def _spill_summary(results: list[dict], worst: int = 8) -> None:
+    """Per arch: how many compiles spill (static: ptxas' spill store bytes per thread), and the worst."""
+    by_arch: dict[int, list[dict]] = defaultdict(list)
+    for r in results:
+        if (r.get("stats") or {}).get("spill_store_bytes"):
+            by_arch[r["arch"]].append(r)
+    for arch, spilling in sorted(by_arch.items()):
+        top = sorted(spilling, key=lambda r: -r["stats"]["spill_store_bytes"])[:worst]
+        print(
+            f"sm_{arch} spills (static) in {len(spilling)} compiles; most: "
+            + ", ".join(
+                f"{r['case']} {r['stats']['spill_store_bytes']} B at {r['stats']['regs']} regs" for r in top
+            )
+        )
 
 
 def _occupancy_summary(results: list[dict]) -> None:

@@ -90,6 +90,18 @@ def _fwd_tiles(mod: ModuleType, a: Attn, arch: int, smem: int) -> tuple[int, int
     return tuple(f if isinstance(f, int) else d for f, d in zip(found, (128, 64, 32), strict=True))
 
 
+def _fwd_options(mod: ModuleType, arch: int) -> dict[str, int]:
+    """num_warps and num_unroll_cache of `_fwd_kernel`: our series' helper (the FMA path below sm_80
+    takes 8 warps and no unrolled context loop, against ptxas' spills), else the launcher's literals."""
+    if hasattr(mod, "fwd_kernel_launch_options"):
+        return call_with(mod.fwd_kernel_launch_options, fma_dot=arch < 80)
+    out = {}
+    for name in ("num_warps", "num_unroll_cache"):  # the alibi launch's NUM_WARPS is no literal
+        found = launcher_literal(mod, "context_attention_fwd", name)
+        out[name] = found if isinstance(found, int) else 4
+    return out
+
+
 def prefix_prefill(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
     """prefix_prefill.context_attention_fwd (_fwd_kernel): ROCM_ATTN's prefill with cached prefix."""
 
@@ -110,8 +122,8 @@ def prefix_prefill(a: Attn) -> Callable[[ModuleType, int, int], Launch]:
             stride_v_cache_bl=v_cache.stride(3), BLOCK_SIZE=tile, PHYSICAL_BLOCK_SIZE=a.block_size,
             num_queries_per_kv=a.qpk, IN_PRECISION=None, BLOCK_DMODEL=a.head_size,
             BLOCK_DMODEL_PADDED=a.padded, SLIDING_WINDOW=0, SKIP_DECODE=False, USE_FP8=False,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_unroll_cache=4, num_unroll_request=1, num_warps=4,
-            num_stages=1, USE_SINKS=False, INTERLEAVED_V_PACK_FACTOR=0, CAUSAL=True, KV_FROM_CACHE=False,
+            BLOCK_M=block_m, BLOCK_N=block_n, num_unroll_request=1, num_stages=1, USE_SINKS=False,
+            INTERLEAVED_V_PACK_FACTOR=0, CAUSAL=True, KV_FROM_CACHE=False, **_fwd_options(mod, arch),
         )  # fmt: skip
         grid = (b["num_seqs"], a.num_q_heads, math.ceil(max(b["query_lens"]) / block_m))
         return Launch(
