@@ -422,19 +422,46 @@ def test_cli_json_and_exit_code(vllm_trees: tuple[Path, Path], tmp_path: Path) -
 # --- issue 13: opt-in backends, the queue, lost workers, usage errors, cubin figures --------------
 
 
+def test_the_default_audit_is_what_a_default_configuration_reaches() -> None:
+    """Without options: TRITON_ATTN at the audit's head sizes and the layers of families outside
+    the model list; `--model KEY` adds that model's launches and layers, `--options` the kernels of
+    vLLM options; what is left out is named with the flag that audits it."""
+    from stackforge.core.console import UsageError
+    from stackforge.verify.kernels.audit import select_cases
+
+    default, skipped = select_cases(None, (64,))
+    assert {c.reach for c in default} == {"default", "model"} and not any(c.model for c in default)
+    assert {"unified_attention_2d", "encoder_prefill_attention", "mrope"} <= {c.kernel for c in default}
+    assert skipped["ssd_chunk_scan"].endswith("--model granite4")
+    assert skipped["fla_chunk_o"].endswith("--model qwen3next") and "--options" in skipped["lora_shrink"]
+    gemma, _ = select_cases(None, (64,), models=("gemma2",))
+    assert {c.id for c in gemma} - {c.id for c in default} == {
+        f"{k}/gemma2{layer}-fp16" for k in ("reshape_and_cache_flash", "unified_attention_2d",
+        "unified_attention_3d", "reduce_segments") for layer in ("", "-full")}  # fmt: skip
+    hybrid, left = select_cases(None, (64,), models=("granite4",))
+    assert {"ssd_chunk_scan", "causal_conv1d_fwd", "fused_moe"} <= {c.kernel for c in hybrid}
+    assert "ssd_chunk_scan" not in left and "fla_chunk_o" in left
+    options, _ = select_cases(None, (64,), options=True)
+    assert {"lora_shrink", "bincount", "eagle_prepare_inputs"} <= {c.kernel for c in options}
+    with pytest.raises(UsageError, match="no model llama9"):
+        select_cases(None, (64,), models=("llama9",))
+
+
 def test_rocm_attn_kernels_are_opt_in() -> None:
     """TRITON_ATTN is what vLLM picks below sm_80: ROCM_ATTN's kernels are audited on request only,
     and the report says how; every case says who reaches it."""
     from stackforge.verify.kernels.audit import select_cases
 
+    rocm = {"prefix_prefill", "prefix_prefill_alibi", "paged_attention_2d"}
     default, skipped = select_cases(None, (64,))
-    assert not {c.kernel for c in default} & {"prefix_prefill", "prefix_prefill_alibi", "paged_attention_2d"}
-    assert set(skipped) == {"prefix_prefill", "prefix_prefill_alibi", "paged_attention_2d"}
-    assert all("--backends rocm_attn" in how for how in skipped.values())
-    everything, none = select_cases(None, (64,), ("rocm_attn",))
-    assert none == {} and len(everything) == len(default) + 3
+    assert not {c.kernel for c in default} & rocm
+    assert rocm <= set(skipped) and all("--backends rocm_attn" in skipped[k] for k in rocm)
+    everything, left = select_cases(None, (64,), ("rocm_attn",))
+    assert set(left) == set(skipped) - rocm and len(everything) == len(default) + 3
     named, _ = select_cases(["prefix_prefill"], (64,))
     assert {c.kernel for c in named} == {"prefix_prefill", "prefix_prefill_alibi"}
+    everything, none = select_cases(None, (64,), ("rocm_attn",), models=("all",), options=True)
+    assert none == {}
     assert {c.reach for c in everything} <= {"default", "model", "option", "not-default-backend"}
     costs = [c.cost for c in everything]
     assert max(costs) > 1 and min(costs) == 1  # a static estimate: the queue hands out the longest first
@@ -615,7 +642,7 @@ def test_dtypes_come_from_the_vllm_tree(tmp_path: Path) -> None:
     assert dtypes.supported_dtypes(tmp_path, 80)[0] == "bfloat16"
     assert dtypes.auto_dtype(tmp_path, 61, "gemma2") == "float32"
     assert dtypes.auto_dtype(tmp_path, 70, "llama") == "float16"
-    cases, _ = select_cases(None, (64,), (), lambda m: dtypes.auto_dtype(tmp_path, 61, m))
+    cases, _ = select_cases(None, (64,), (), lambda m: dtypes.auto_dtype(tmp_path, 61, m), ("all",))
     models = {c.id for c in cases if c.model}
     assert "unified_attention_2d/gemma2-fp32" in models and "unified_attention_2d/gemma2-fp16" not in models
     assert "unified_attention_2d/glm4-fp16" in models  # not refused in this tree

@@ -191,9 +191,9 @@ NEW = {"causal_conv1d_fwd", "causal_conv1d_update", "selective_state_update", "m
        "fused_moe_lora", "eagle_prepare_next_token", "eagle_prepare_inputs", *CONFIGS}  # fmt: skip
 
 
-def test_new_kernels_are_in_the_default_audit_one_case_per_config() -> None:
+def test_new_kernels_are_in_the_full_audit_one_case_per_config() -> None:
     cases = all_cases()
-    default, skipped = select_cases(None, (64,))
+    default, skipped = select_cases(None, (64,), models=("all",), options=True)
     assert {c.kernel for c in default} >= NEW and not NEW & set(skipped)
     per_kernel = Counter(c.kernel for c in cases if c.config is not None)
     assert per_kernel == CONFIGS

@@ -42,6 +42,7 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
             f"unknown backend {', '.join(unknown)}", hint=f"opt-in backends: {', '.join(BACKENDS)}"
         )
     kernels = [k.strip() for k in args.kernels.split(",")] if args.kernels else None
+    models = ("all",) if args.all else tuple(k.strip() for k in (args.model or "").split(",") if k.strip())
     state = ws.state / "kernel-audit"
     save = Path(args.save_ptx).resolve() if args.save_ptx else None
     why = numerics.gpu_present() if args.run else None
@@ -54,7 +55,7 @@ def cmd_audit_kernels(args: argparse.Namespace) -> int:
     report = audit(
         ws, env.name, list(env.archs), vllm_src, patches, kernels=kernels, head_sizes=head_sizes,
         state=state, save=save, jobs=args.jobs, show_progress=not args.json, backends=backends,
-        timeout=args.timeout,
+        timeout=args.timeout, models=models, options=args.options or args.all,
     )  # fmt: skip
     data = report.to_json()
     if not args.json:
@@ -144,7 +145,22 @@ def _register_kernels(groups: dict[str, Any]) -> None:
         help="also audit the kernels of these backends vLLM never picks on Pascal/Volta by itself "
         "(comma-separated: rocm_attn)",
     )
-    p.add_argument("--all", action="store_true", help="audit every kernel, the opt-in backends' too")
+    p.add_argument(
+        "--model",
+        metavar="KEY[,KEY]",
+        help="also audit what these models of the audit's model list reach: their attention launches "
+        "and layers (Mamba2, gated delta net, MoE); `all` for every model (an unknown key lists them)",
+    )
+    p.add_argument(
+        "--options",
+        action="store_true",
+        help="also audit the kernels of vLLM options: LoRA, speculative decoding, the V2 model runner",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="audit every kernel: every model's, the options' and the opt-in backends'",
+    )
     p.add_argument(
         "--timeout", type=positive_int, default=600, help="seconds one compile may take (default 600)"
     )

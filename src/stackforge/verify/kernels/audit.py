@@ -41,7 +41,8 @@ from stackforge.core.console import EXIT_FAILED, EXIT_OK, Failure, UsageError, e
 from stackforge.core.workspace import Workspace
 from stackforge.cuda.caps import CAPABILITIES
 from stackforge.verify.kernels.cases import HEAD_SIZES, Case, all_cases
-from stackforge.verify.kernels.models import reached_kernels, unfollowed
+from stackforge.verify.kernels.models import case_models, reached_kernels, unfollowed
+from stackforge.verify.kernels.models import models as model_rows
 from stackforge.verify.kernels.report import Report, Result, print_report
 from stackforge.verify.kernels.worker import Worker, WorkerLost, overlay_env
 
@@ -61,10 +62,18 @@ def select_cases(
     head_sizes: tuple[int, ...],
     backends: tuple[str, ...] = (),
     dtype_of: Callable[[str], str] | None = None,
+    models: tuple[str, ...] = (),
+    options: bool = False,
 ) -> tuple[list[Case], dict[str, str]]:
-    """The cases to audit, and the kernels left out (kernel -> how to audit it). Kernels only a
-    backend vLLM never picks on these GPUs reaches (ROCM_ATTN) are opt-in: `backends`, or named
-    in `kernels`. A model's cases are kept in the dtype `dtype_of(model_type)` vLLM runs it in
+    """The cases to audit, and the kernels left out (kernel -> how to audit it).
+
+    By default what a default configuration of any model reaches (`Case.reach` "default":
+    TRITON_ATTN at the audit's head sizes), and the layers of model families outside the list
+    (encoder attention, multimodal RoPE). `models` adds the launches and layers of those rows
+    of the model list (`models.case_models`; "all": every kernel some model reaches), `options`
+    the kernels of vLLM options (LoRA, speculative decoding, the V2 runner), `backends` the
+    kernels of backends vLLM never picks on these GPUs (ROCM_ATTN); `kernels` names cases
+    directly. A model's cases are kept in the dtype `dtype_of(model_type)` vLLM runs it in
     (default float16)."""
     cases = [c for c in all_cases(head_sizes) if not c.model or c.dtype == (dtype_of or _fp16)(c.model)]
     if kernels:
@@ -75,9 +84,37 @@ def select_cases(
                 f"no kernel matches {', '.join(kernels)}", hint=f"known kernels: {', '.join(known)}"
             )
         return cases, {}
-    skipped = {c.kernel: f"only {c.reached_by.split(' (')[0]} reaches it: --backends {c.opt_in}"
-               for c in cases if c.opt_in and c.opt_in not in backends}  # fmt: skip
-    return [c for c in cases if not c.opt_in or c.opt_in in backends], skipped
+    rows = {m.key: m for m in model_rows()}
+    if unknown := [k for k in models if k != "all" and k not in rows]:
+        raise UsageError(
+            f"no model {', '.join(unknown)} in the model list", hint=f"models: all, {', '.join(rows)}"
+        )
+    wanted = set(rows) if "all" in models else set(models)
+
+    def keep(c: Case) -> bool:
+        if c.opt_in:
+            return c.opt_in in backends
+        if c.reach == "option":
+            return options
+        if c.reach == "model":  # kernels of families outside the list (encoder towers, mrope) stay in
+            owners = case_models(c, rows.values())
+            return "all" in models or not owners or bool(owners & wanted)
+        return True
+
+    chosen = [c for c in cases if keep(c)]
+    audited = {c.kernel for c in chosen}
+    skipped: dict[str, str] = {}
+    for c in cases:
+        if c.kernel in audited or c.kernel in skipped:
+            continue
+        if c.opt_in:
+            skipped[c.kernel] = f"only {c.reached_by.split(' (')[0]} reaches it: --backends {c.opt_in}"
+        elif c.reach == "option":
+            skipped[c.kernel] = f"{c.reached_by}: --options (or --kernels {c.kernel})"
+        else:
+            keys = sorted({k for d in cases if d.kernel == c.kernel for k in case_models(d, rows.values())})
+            skipped[c.kernel] = f"{c.reached_by}: --model {','.join(keys) or 'all'}"
+    return chosen, skipped
 
 
 def cache_root() -> Path:
@@ -236,6 +273,8 @@ def audit(
     show_progress: bool = True,
     backends: tuple[str, ...] = (),
     timeout: float | None = DEFAULT_TIMEOUT,
+    models: tuple[str, ...] = (),
+    options: bool = False,
 ) -> Report:
     from stackforge.verify.kernels import overlay as triton_overlay
 
@@ -248,7 +287,7 @@ def audit(
     from stackforge.verify.kernels.dtypes import auto_dtype
 
     cases, skipped = select_cases(
-        kernels, head_sizes, backends, lambda m: auto_dtype(vllm_src, min(archs), m)
+        kernels, head_sizes, backends, lambda m: auto_dtype(vllm_src, min(archs), m), models, options
     )
     left_out = unfollowed(cases, vllm_src)
     cases = [c for c in cases if c.id not in left_out]
@@ -268,6 +307,8 @@ def audit(
         )  # fmt: skip
     report.skipped = skipped
     report.unfollowed = left_out
+    if not kernels and "all" not in models:  # the rows whose own launches this run left out
+        report.models_left = {m.key: m.name for m in model_rows() if m.key not in models}
     report.model_kernels = sorted(reached_kernels(all_cases(head_sizes)))
     report.seconds = time.monotonic() - start
     return report

@@ -242,6 +242,16 @@ def reached_kernels(cases: Iterable[Any], table: Iterable[Model] | None = None) 
     return out
 
 
+def case_models(case: Any, table: Iterable[Model] | None = None) -> set[str]:
+    """Keys of the rows whose launches or layers `case` is: its tag names the row (attention
+    `<key>[-full]-fp16`, layers `<key>[@c<i>]`), or the row `reaches` its kernel."""
+    rows = list(table if table is not None else models())
+    tag = case.id.partition("/")[2].partition("@")[0]
+    for suffix in ("-fp16", "-fp32", "-full"):
+        tag = tag.removesuffix(suffix)
+    return {m.key for m in rows if m.key == tag or case.kernel in m.reaches}
+
+
 def unfollowed(cases: Iterable[Any], vllm_src: Path) -> dict[str, str]:
     """Hybrid rows' cases this tree's block size cannot be read for (`block_rule_known`): case id
     -> why. The audit leaves them out and says so rather than compile a block vLLM never uses."""

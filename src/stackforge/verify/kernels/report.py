@@ -81,6 +81,8 @@ class Report:
     model_kernels: list[str] = field(default_factory=list)
     # model cases left out because this tree cannot be followed for them: case id -> why
     unfollowed: dict[str, str] = field(default_factory=dict)
+    # rows of the model list whose launches and layers this run did not audit: key -> name
+    models_left: dict[str, str] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[Result]:
@@ -134,6 +136,7 @@ class Report:
             "results": [r.to_json() for r in self.results],
             "not_audited": self.skipped,
             "not_followed": self.unfollowed,
+            "models_not_audited": self.models_left,
         }
 
 
@@ -194,6 +197,12 @@ def print_report(report: Report) -> None:
         out.print(f"not audited: {kernel} ({how})", markup=False, highlight=False)
     for case, why in report.unfollowed.items():
         out.print(f"not audited: {case} ({why})", markup=False, highlight=False)
+    if report.models_left:
+        out.print(
+            f"not audited: the own launches of {len(report.models_left)} listed models "
+            f"(--model KEY[,KEY] or --model all; keys: {', '.join(report.models_left)})",
+            markup=False, highlight=False,
+        )  # fmt: skip
     t = report.triton
     out.print(
         f"triton {t['version']} ({t['how']}{', ' + str(len(t['patches'])) + ' patches' if t['patches'] else ''}); "

@@ -177,6 +177,8 @@ def _attention_inputs(record: dict, torch: Any) -> dict[str, Any]:
             "paged_value_cache",
         ):
             x.copy_(torch.randn(x.shape, device="cuda", generator=gen) / 2)
+        elif role == "sinks":  # gpt-oss: one learned logit per query head, of the scores' scale
+            x.copy_(torch.randn(x.shape, device="cuda", generator=gen) * 2)
         elif role in ("output", "segm_output", "segm_max", "segm_expsum"):
             x.fill_(float("nan"))
         elif role == "scale_one":
@@ -206,10 +208,13 @@ def _attend(
     torch: Any,
     softcap: float = 0.0,
     window: int = 0,
+    sinks: Any = None,
 ) -> Any:
     """softmax(q k^T * scale) v in float64 with GQA; causal when `offset` is given: query i sees the
     keys up to offset + i (the cached context comes first). `softcap` > 0 caps the scores as Gemma
-    does (softcap * tanh(s / softcap)); `window` > 0 keeps the last `window` keys of each query."""
+    does (softcap * tanh(s / softcap)); `window` > 0 keeps the last `window` keys of each query;
+    `sinks` (one logit per query head, gpt-oss) joins each row's softmax as a key of value zero,
+    as the kernel's running maximum and sum start from it."""
     rep = q.shape[1] // k.shape[1]
     k, v = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
     s = torch.einsum("qhd,khd->hqk", q.double(), k) * scale
@@ -221,6 +226,9 @@ def _attend(
         s = s.masked_fill(j > offset + i, -math.inf)
         if window > 0:
             s = s.masked_fill(offset + i - j >= window, -math.inf)
+    if sinks is not None:
+        column = sinks.double()[:, None, None].expand(-1, s.shape[1], 1)
+        return torch.einsum("hqk,khd->qhd", torch.cat([s, column], -1).softmax(-1)[..., :-1], v)
     return torch.einsum("hqk,khd->qhd", s.softmax(-1), v)
 
 
@@ -234,15 +242,17 @@ def check_unified_attention(record: dict, run: Callable[[dict], None], torch: An
     run(t)
     q, out, bt = (_role(record, t, r) for r in ("query", "output", "block_table"))
     kc, vc = _role(record, t, "key_cache"), _role(record, t, "value_cache")
+    sinks = None
+    if record["launches"][0].get("constexprs", {}).get("USE_SINKS"):
+        sinks = _role(record, t, "sinks")
     bs, hk, hd = sc["block_size"], sc["num_kv_heads"], sc["head_size"]
     refs, start = [], 0
     for s, (qlen, slen) in enumerate(zip(sc["query_lens"], sc["seq_lens"], strict=True)):
         blocks = bt[s, : math.ceil(slen / bs)].long()
         k = kc[blocks].reshape(-1, hk, hd)[:slen]
         v = vc[blocks].reshape(-1, hk, hd)[:slen]
-        refs.append(
-            _attend(q[start : start + qlen], k, v, sc["sm_scale"], slen - qlen, torch, softcap, window)
-        )
+        q_s = q[start : start + qlen]
+        refs.append(_attend(q_s, k, v, sc["sm_scale"], slen - qlen, torch, softcap, window, sinks))
         start += qlen
     return out, torch.cat(refs), ""
 
