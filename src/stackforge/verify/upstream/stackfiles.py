@@ -9,7 +9,7 @@ commit field holding what was read, under a comment that says where and why: unc
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -83,7 +83,9 @@ def old_lines(path: Path) -> list[OldLine]:
         src = parse_line(path, lineno, raw)
         m = _COMMENTED.fullmatch(raw.strip()) if src is None else None
         keys = dict(k.split("=", 1) for k in m[4].split()) if m else {}
-        if src is not None:
+        if src is not None and not src.resolved:  # a '-' line: no pin to carry over, like a commented one
+            found.append(OldLine(replace(src, commit=src.ref or "<unresolved>"), False, tuple(comments)))
+        elif src is not None:
             found.append(OldLine(src, True))
         elif m and set(keys) <= set(KEYS):
             sub = keys.get("submodules", "recursive") != "none"
