@@ -65,9 +65,11 @@ class Resolver:
 
     def _from_tag(self, src: Source) -> tuple[str, str]:
         tag = f"refs/tags/{src.ref}"
-        answer = self.git.network(
+        answer = self._network(
+            src,
             ["ls-remote", src.url, tag, f"{tag}^{{}}", f"refs/heads/{src.ref}"],
-            what=f"reading tag {src.ref} of {src.name}",
+            None,
+            f"reading tag {src.ref}",
         )
         refs = {ref: sha for sha, _, ref in (ln.partition("\t") for ln in answer.splitlines()) if ref}
         commit = refs.get(f"{tag}^{{}}") or refs.get(tag)  # an annotated tag peeled, else a lightweight one
@@ -120,17 +122,26 @@ class Resolver:
         elif remote.stdout.strip() != dep.url:
             self.git.run(["remote", "set-url", "origin", dep.url], cache)
         if not self._has(cache, commit):
-            self.git.network(
-                ["fetch", "--depth=1", "--filter=blob:none", "origin", commit],
-                cache,
-                what=f"fetching {dep.name} {commit[:12]} (for its pin files)",
-            )
+            fetch = ["fetch", "--depth=1", "--filter=blob:none", "origin", commit]
+            self._network(dep, fetch, cache, f"fetching {commit[:12]} (for its pin files)")
         if not self._has(cache, commit):
             raise Failure(
                 f"{dep.where}: {dep.name}: commit {commit} is not in {redact_url(dep.url)}",
                 hint="check that line's commit: `git ls-remote URL` lists what the remote has",
             )
         return cache
+
+    def _network(self, src: Source, args: list[str], cwd: Path | None, what: str) -> str:
+        """A git command that reads src's remote; its failure is an error of src's line."""
+        try:
+            return self.git.network(args, cwd, what=f"{what} of {src.name}")
+        except Failure as exc:
+            raise Failure(
+                f"{src.where}: {exc.message}",
+                hint=exc.hint
+                or f"check the URL and the ref in the line: `git ls-remote {redact_url(src.url)}` "
+                "lists what the remote has",
+            ) from None
 
     def _has(self, repo: Path, commit: str) -> bool:
         return self.git.run(["cat-file", "-e", f"{commit}^{{commit}}"], repo, check=False, echo=False).ok

@@ -300,6 +300,6 @@ def set_commit(raw: str, commit: str) -> str:
     if match is None:
         raise ValueError(f"not a git-repos.txt line: {raw!r}")
     head, old, gap, rest = match.groups()
-    if rest:
+    if rest and not gap.strip(" "):  # spaces: re-aligned; a tab is kept as it is
         gap = " " * max(min(len(gap), 2), len(gap) + len(old) - len(commit))
     return head + commit + gap + rest
