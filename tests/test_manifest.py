@@ -70,6 +70,8 @@ def test_real_manifest_pins_the_whole_stack():
         (f"vllm https://x/vllm.git {SHA} cargo=rust/Cargo.lock", "relative path of a Cargo.toml"),
         (f"vllm https://x/vllm.git {SHA} cargo=/rust/Cargo.toml", "relative path of a Cargo.toml"),
         ("vllm https://me:pw@x/vllm.git 4ba787ec9", "in a clone of https://x/vllm.git"),
+        (f"vllm https://x/vllm.git {SHA} abbrev=4ba787ec9", "does not start with abbrev=4ba787ec9"),
+        ("vllm https://x/vllm.git - ref=v1 abbrev=G4ba", "expected 4 to 40 lower-case hex"),
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, message: str):

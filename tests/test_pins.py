@@ -53,7 +53,7 @@ class Chain:
             f"torch    URL/torch.git   {self.torch.head}  ref=v9  # pinned by hand",
             "triton   URL/triton.git  -  pin=torch:" + PIN_FILE + " for=triton  # the commit torch pins",
             "llvm     URL/llvm.git    -  pin=triton:cmake/llvm-hash.txt submodules=none",
-            "app      URL/app.git     -  ref=v1  # an annotated tag",
+            f"app      URL/app.git     -  ref=v1 abbrev={self.v1[:9]}  # an annotated tag",
             "lite     URL/app.git     -  ref=v2",
             url=url,
         )
@@ -104,7 +104,7 @@ def test_resolve_writes_every_sha_and_keeps_the_rest_of_the_file(chain: Chain, c
     for old, new in zip(before[2:], after[2:], strict=True):
         assert new.replace(new.split()[2], "-", 1).split() == old.split()  # only the commit changed
     assert after[2].endswith("for=triton  # the commit torch pins")
-    assert after[4].endswith("ref=v1  # an annotated tag")
+    assert after[4].endswith(f"ref=v1 abbrev={chain.v1[:9]}  # an annotated tag")
     # every git command that reads a remote was echoed before it ran
     assert f"$ git ls-remote {chain.up.as_uri()}/app.git refs/tags/v1" in err
     assert "git fetch --depth=1 --filter=blob:none origin " + chain.torch.head in err
@@ -138,22 +138,27 @@ def test_a_pin_file_is_read_from_the_checkout_when_there_is_one(chain: Chain, ca
 
 
 def test_a_moved_tag_is_an_error_until_update_takes_it(chain: Chain, capsys) -> None:
-    assert chain.run("pins", "resolve", "app") == 0
-    git(chain.app.path, "tag", "-f", "-a", "v1", "-m", "re-tagged", "main")  # the tag moves on
+    assert chain.run("pins", "resolve", "app", "lite") == 0
+    git(chain.app.path, "tag", "-f", "v2", "main")  # the tags move on
+    git(chain.app.path, "tag", "-f", "-a", "v1", "-m", "re-tagged", "main")
     text = chain.manifest.read_bytes()
     assert chain.run("pins", "resolve", "torch") == 1  # pinned by hand from ref=v9: no such tag
     capsys.readouterr()
-    assert chain.run("pins", "resolve", "app") == 1
+    assert chain.run("pins", "resolve", "lite") == 1
     err = capsys.readouterr().err
-    assert f"git-repos.txt:5: app pins {chain.v1[:12]}, but tag v1 (annotated)" in err
-    assert f"is {chain.app.head[:12]} now" in err and "pins resolve app --update" in err
+    assert f"git-repos.txt:6: lite pins {chain.v2[:12]}, but tag v2 (lightweight)" in err
+    assert f"is {chain.app.head[:12]} now" in err and "pins resolve lite --update" in err
     assert chain.manifest.read_bytes() == text  # never rewritten without --update
     assert chain.run("pins", "resolve", "--update") == 2  # --update names its lines
-    assert chain.run("pins", "resolve", "app", "--update", "--dry-run") == 0
+    assert chain.run("pins", "resolve", "lite", "--update", "--dry-run") == 0
     assert chain.manifest.read_bytes() == text
-    assert chain.run("pins", "resolve", "app", "--update") == 0
-    assert chain.pins()["app"] == chain.app.head
+    assert chain.run("pins", "resolve", "lite", "--update") == 0
+    assert chain.pins()["lite"] == chain.app.head
     assert "updated" in capsys.readouterr().err
+    # app's line knows the release's abbreviated SHA: the moved tag is refused even with --update
+    assert chain.run("pins", "resolve", "app", "--update") == 1
+    assert f"does not start with abbrev={chain.v1[:9]}" in capsys.readouterr().err.replace("\n", " ")
+    assert chain.pins()["app"] == chain.v1
 
 
 @pytest.mark.parametrize(
@@ -164,6 +169,7 @@ def test_a_moved_tag_is_an_error_until_update_takes_it(chain: Chain, capsys) -> 
         ("x  URL/nowhere.git  -  ref=v1", "reading tag v1 of x failed"),
         ("x  URL/app.git  -  pin=torch:README", "torch:README at "),  # holds 'torch', not a SHA
         ("x  URL/app.git  -  pin=torch:no/such.txt", "torch has no file no/such.txt at its pin"),
+        ("x  URL/app.git  -  ref=v1 abbrev=0000000", "does not start with abbrev=0000000"),
     ],
 )
 def test_what_cannot_be_read_is_a_file_line_error(chain: Chain, capsys, line: str, message: str) -> None:

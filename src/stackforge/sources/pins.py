@@ -172,6 +172,12 @@ def resolve_pins(
             yield PinResult(src.name, "pinned", src.commit, src.line)
             continue
         commit, how = resolver.resolve(src)
+        if src.abbrev and not commit.startswith(src.abbrev):
+            raise Failure(
+                f"{src.where}: {how} is {commit[:12]}, which does not start with abbrev={src.abbrev}",
+                hint="the tag or file names another commit than the release was built from: check "
+                "both before pinning anything",
+            )
         if src.resolved and commit == src.commit:
             yield PinResult(src.name, "up-to-date", commit, src.line, src.commit, how)
             continue

@@ -8,7 +8,7 @@
 `submodules=recursive|none`, `env=VAR` (the build exports the checkout's path as VAR, e.g.
 VLLM_CUTLASS_SRC_DIR), `subdir=PATH` (what VAR points at inside the checkout), `for=PKG` (the
 package whose build consumes this source), `cargo=PATH` (a Cargo.toml whose crates clone-all
-vendors). A `-` in place of the commit means "not resolved yet": `stackforge pins resolve`
+vendors), `abbrev=HEX` (an abbreviated SHA read elsewhere, which the commit must start with). A `-` in place of the commit means "not resolved yet": `stackforge pins resolve`
 reads it once from the tag (`git ls-remote`) or the pin file and writes the full SHA into the
 line, which is then committed like any pin. A SHA is never guessed, so an unresolved line is
 kept as such and refused by whatever needs the commit, with the command to run.
@@ -32,6 +32,7 @@ KEYS = {
     "ref": "the tag the commit was taken from (on a '-' line: the tag `pins resolve` reads)",
     "pin": "SOURCE:PATH, the file of another source that holds the commit (read at SOURCE's pin)",
     "cargo": "a Cargo.toml in the checkout whose crates `clone` vendors for an offline build",
+    "abbrev": "the abbreviated SHA known from elsewhere (a release's commit_id): the commit must start with it",
     "submodules": "recursive (default) or none",
     "env": "environment variable through which a build receives this checkout's path",
     "for": "the package whose build consumes this source",
@@ -52,6 +53,7 @@ class Source:
     subdir: str | None = None
     pin_from: str | None = None  # pin=SOURCE:PATH
     cargo: str | None = None
+    abbrev: str | None = None
     file: Path | None = field(default=None, compare=False)  # the git-repos.txt it was read from
 
     @property
@@ -194,6 +196,16 @@ def parse_line(path: Path, lineno: int, raw: str) -> Source | None:
                 f"pin={pin!r}: expected SOURCE:PATH, a source of this file and a relative path in it",
                 hint="e.g. pin=pytorch:.ci/docker/ci_commit_pins/triton.txt",
             )
+    abbrev = opts.get("abbrev")
+    if abbrev is not None and not re.fullmatch(r"[0-9a-f]{4,40}", abbrev):
+        raise _fail(path, lineno, f"abbrev={abbrev!r}: expected 4 to 40 lower-case hex digits")
+    if abbrev and commit and not commit.startswith(abbrev):
+        raise _fail(
+            path,
+            lineno,
+            f"{commit[:12]} does not start with abbrev={abbrev}",
+            hint="one of the two is wrong: check the commit (git ls-remote) and where the abbreviation was read",
+        )
     cargo = opts.get("cargo")
     if cargo is not None and not (_relative(cargo) and cargo.rsplit("/", 1)[-1] == "Cargo.toml"):
         raise _fail(
@@ -211,6 +223,7 @@ def parse_line(path: Path, lineno: int, raw: str) -> Source | None:
         subdir=opts.get("subdir"),
         pin_from=pin,
         cargo=cargo,
+        abbrev=abbrev,
         file=path,
     )
 
