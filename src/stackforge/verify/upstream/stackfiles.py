@@ -44,6 +44,10 @@ class Row:
 def _keys(src: Source, ref: str | None) -> str:
     keys = [f"ref={ref}"] * bool(ref) + [f"for={src.consumer}"] * bool(src.consumer)
     keys += [f"env={src.env}"] * bool(src.env) + [f"subdir={src.subdir}"] * bool(src.subdir)
+    # where a '-' commit is read and the crates to vendor carry over; abbrev= is one commit's
+    keys += [f"pin={src.pin_from}"] * bool(src.pin_from and not ref) + [f"cargo={src.cargo}"] * bool(
+        src.cargo
+    )
     return " ".join(keys + ["submodules=none"] * (not src.submodules))
 
 
@@ -99,6 +103,8 @@ def old_lines(path: Path) -> list[OldLine]:
                 keys.get("env"),
                 keys.get("for"),
                 keys.get("subdir"),
+                keys.get("pin"),
+                keys.get("cargo"),
             )
             found.append(OldLine(src, False, tuple(comments)))
         comments = [*comments, raw[1:].strip()] if raw.startswith("#") and src is None and not m else []
