@@ -192,6 +192,10 @@ def test_the_0_33_stack_hands_its_crates_to_the_vllm_build(tmp_path: Path, capsy
     assert "CARGO_HOME=vllm.crates/.cargo" in source_env([vllm])
     recipe = (root / "stacks" / "vllm-0.33" / "recipes" / "vllm" / "recipe.yaml").read_text()
     assert "path: ../../../../sources/vllm.crates" in recipe
+    # only this stack's build needs the crates: the 0.14 recipe's script is not touched
+    script = root / "stacks" / "vllm-0.33" / "recipes" / "vllm" / "build.sh"
+    assert not script.is_symlink() and "CARGO_HOME" in script.read_text()
+    assert "CARGO_HOME" not in (root / "recipes" / "vllm" / "build.sh").read_text()
     code = main(["--root", str(root), "--stack", "vllm-0.33", "build", "-e", "pascal", "--dry-run", "--json"])
     assert code == 1
     plan = {i["package"]: i for i in json.loads(capsys.readouterr().out)["plan"]}

@@ -10,16 +10,6 @@ set -euo pipefail
 # and fail rather than download if one were missing (setup.py appends CMAKE_ARGS to its own)
 export CMAKE_ARGS="${CMAKE_ARGS:-} -DFETCHCONTENT_FULLY_DISCONNECTED=ON"
 
-# --- the Rust frontend from the vendored crates only: the preamble exported CARGO_HOME (git-repos.txt
-# cargo=), whose config.toml is the [source] replacement `cargo vendor` printed at clone time ---
-if [ ! -f "${CARGO_HOME:-}/config.toml" ]; then
-  echo "no vendored crates: CARGO_HOME=${CARGO_HOME:-} has no config.toml (run \`stackforge clone vllm\`)" >&2
-  exit 1
-fi
-export CARGO_NET_OFFLINE=true             # with the recipe's env: cargo never goes to the network
-# the same bytes from every build folder: panic locations name the crates' paths, as __FILE__ does
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$SRC_DIR=."
-
 cd "$SRC_DIR/vllm"
 
 # --- against the torch in the host environment (the exact build pinned in recipe.yaml) -------
