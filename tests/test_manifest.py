@@ -9,7 +9,7 @@ from conftest import REPO_ROOT
 
 from stackforge.cli import main
 from stackforge.core.console import UsageError
-from stackforge.spec.manifest import load_manifest
+from stackforge.spec.manifest import load_manifest, set_commit
 
 SHA = "b17039bccc17b94a2ea107272ad7bc93508708df"
 
@@ -59,6 +59,19 @@ def test_real_manifest_pins_the_whole_stack():
         (f"vllm https://x/vllm.git {SHA} subdir=../up", "relative path inside the checkout"),
         (f"vl/lm https://x/vllm.git {SHA}", "bad name"),
         (f"vllm ref=v1 {SHA}", "second field must be the git URL"),
+        ("vllm https://x/vllm.git v0.14.0", "write '- ref=v0.14.0'"),
+        ("vllm https://x/vllm.git -", "does not say from where"),
+        ("vllm https://x/vllm.git - for=vllm", "does not say from where"),
+        ("vllm https://x/vllm.git - ref=v1 pin=a:b.txt", "ref= and pin= both"),
+        ("vllm https://x/vllm.git - pin=nocolon", "expected SOURCE:PATH"),
+        ("vllm https://x/vllm.git - pin=a:../up.txt", "expected SOURCE:PATH"),
+        ("vllm https://x/vllm.git - pin=vllm:a.txt", "goes round in a circle: vllm -> vllm"),
+        ("vllm https://x/vllm.git - pin=torch:a.txt", "this file has no source 'torch'"),
+        (f"vllm https://x/vllm.git {SHA} cargo=rust/Cargo.lock", "relative path of a Cargo.toml"),
+        (f"vllm https://x/vllm.git {SHA} cargo=/rust/Cargo.toml", "relative path of a Cargo.toml"),
+        ("vllm https://me:pw@x/vllm.git 4ba787ec9", "in a clone of https://x/vllm.git"),
+        (f"vllm https://x/vllm.git {SHA} abbrev=4ba787ec9", "does not start with abbrev=4ba787ec9"),
+        ("vllm https://x/vllm.git - ref=v1 abbrev=G4ba", "expected 4 to 40 lower-case hex"),
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, message: str):
@@ -67,7 +80,46 @@ def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, message: 
     with pytest.raises(UsageError) as exc:
         load_manifest(path)
     assert str(exc.value).startswith(f"{path}:3: ")
-    assert message in str(exc.value)
+    assert message in f"{exc.value} {exc.value.hint}" and "pw@" not in f"{exc.value} {exc.value.hint}"
+
+
+def test_unresolved_lines_and_their_keys(tmp_path: Path):
+    path = tmp_path / "stacks" / "next" / "git-repos.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        f"torch https://x/t.git {SHA}\n"
+        "triton https://x/tr.git - pin=torch:.ci/pin.txt for=triton  # the commit torch pins\n"
+        "vllm https://x/v.git - ref=v1.0 for=vllm cargo=rust/Cargo.toml\n"
+    )
+    m = load_manifest(path)
+    triton, vllm = m.get("triton"), m.get("vllm")
+    assert not triton.resolved and triton.commit == "" and triton.short == "-"
+    assert (triton.pin_source, triton.pin_path, triton.how) == ("torch", ".ci/pin.txt", "torch:.ci/pin.txt")
+    assert vllm.how == "tag v1.0" and vllm.cargo == "rust/Cargo.toml" and vllm.where == f"{path}:3"
+    assert m.get("torch").resolved
+
+
+def test_a_cycle_of_pin_files_is_refused(tmp_path: Path):
+    path = tmp_path / "git-repos.txt"
+    path.write_text("a https://x/a.git - pin=b:x\nb https://x/b.git - pin=c:x\nc https://x/c.git - pin=a:x\n")
+    with pytest.raises(UsageError, match=r"git-repos.txt:1: pin= goes round in a circle: a -> b -> c -> a"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("a  https://x/a.git  -  ref=v1  # why", f"a  https://x/a.git  {SHA}  ref=v1  # why"),
+        (
+            "a  https://x/a.git  -                                           ref=v1",
+            f"a  https://x/a.git  {SHA}    ref=v1",
+        ),
+        ("a https://x/a.git -", f"a https://x/a.git {SHA}"),
+        (f"  a\thttps://x/a.git\t{'1' * 40}\tref=v1", f"  a\thttps://x/a.git\t{SHA}\tref=v1"),
+    ],
+)
+def test_set_commit_changes_the_commit_field_only(raw: str, expected: str):
+    assert set_commit(raw, SHA) == expected
 
 
 def test_duplicate_name_points_at_both_lines(tmp_path: Path):

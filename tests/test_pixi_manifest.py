@@ -31,6 +31,7 @@ PROBES: dict[str, list[str]] = {
     "clone-all": [],
     "clone": ["minivllm"],
     "status": [],
+    "pins-resolve": [],  # every line of the miniature stack is pinned: reads nothing, exit 0
     "patches-check": [],
     "patches-export": ["minivllm", "--dry-run"],
     "test": ["--collect-only", "-q", "tests/test_manifest.py"],

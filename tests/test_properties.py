@@ -58,7 +58,10 @@ def test_manifest_parser_gives_sources_or_a_file_line_usage_error(data: bytes) -
         except UsageError as exc:
             assert exc.message.startswith(f"{path}:") and exc.exit_code == 2
             return
-        assert manifest.sources and all(len(s.commit) == 40 for s in manifest.sources)
+        # a commit is a full SHA, or '' for a '-' line, which then says where to read it
+        assert manifest.sources and all(
+            len(s.commit) == 40 or (not s.commit and s.how) for s in manifest.sources
+        )
 
 
 _NAMES = st.one_of(

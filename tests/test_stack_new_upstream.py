@@ -7,6 +7,7 @@ must come out clean."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -55,10 +56,14 @@ def test_the_0_14_series_on_0_33_0_gets_the_verdicts_of_the_notes(workspace: Pat
     assert {p for p, v in vllm.items() if v == "3way"} == {"0005", "0022"}
     assert {v for p, v in vllm.items() if p not in ("0005", "0022")} == {"conflict"}
     assert verdicts["pytorch"] == ["conflict"] and verdicts["triton"] == ["conflict"] * 3
-    # the pins stacks/vllm-0.33/git-repos.txt holds are exactly the ones read here
-    theirs = {s.name: s.commit for s in load_manifest(REPO_ROOT / "stacks/vllm-0.33/git-repos.txt").sources}
+    # the pins stacks/vllm-0.33/git-repos.txt holds are exactly the ones read here, and its '-'
+    # lines (to be resolved) are the ones `stack new` could only comment out
+    stack = load_manifest(REPO_ROOT / "stacks/vllm-0.33/git-repos.txt").sources
+    theirs = {s.name: s.commit for s in stack if s.resolved}
     ours = {s.name: s.commit for s in load_manifest(workspace / "stacks/from-default/git-repos.txt").sources}
     assert ours == theirs
+    new = (workspace / "stacks/from-default/git-repos.txt").read_text()
+    assert {s.name for s in stack if not s.resolved} == set(re.findall(r"^#(\S+) +https://", new, re.M))
 
 
 def test_the_0_33_series_is_clean_on_its_release(workspace: Path, capsys) -> None:

@@ -89,7 +89,8 @@ def current_state(ws: Workspace, *, resolve: bool = False, update: bool = False)
         state = source_state(ws, src)
         sources[src.name] = {
             "url": redact_url(src.url),  # never a credential in a committed file
-            "pin": src.commit,
+            # a '-' line: what `pins resolve` is to read (the lock never holds a commit not read)
+            "pin": src.commit or f"unresolved: {src.how} (run `stackforge pins resolve {src.name}`)",
             **({"ref": src.ref} if src.ref else {}),
             "patches": series_digest(series_files(ws, src.name)),
             "patched_tree": state.tree or _no_tree(ws, src, state.problem),

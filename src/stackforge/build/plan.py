@@ -30,8 +30,9 @@ from stackforge.build.variant import variant_data
 from stackforge.core.console import UsageError, err
 from stackforge.core.workspace import Workspace
 from stackforge.sources.state import SourceState, source_state
+from stackforge.sources.vendor import vendor_problem
 from stackforge.spec.envs import GpuEnv
-from stackforge.spec.manifest import Manifest, Source, load_manifest
+from stackforge.spec.manifest import Manifest, Source, load_manifest, resolve_command
 from stackforge.spec.stack import load_stack, stack_context
 
 KEY_FORMAT = "stackforge-key-2"  # 2: keys cover recipes/common/ and git-repos.txt env=/subdir=
@@ -59,15 +60,22 @@ def expected_build_string(env: GpuEnv, key: str, number: int) -> str:
 def unpinned_sources(recipe: Recipe, manifest: Manifest) -> list[str]:
     """Checkouts the recipe copies in that git-repos.txt has no line for (a stack whose pin is
     not known yet): the package is blocked, not the whole plan."""
-    known = {s.name for s in manifest.sources}
+    known = {s.name for s in manifest.sources} | set(_vendored(manifest))
     return [n for n in recipe.sources if n not in known]
+
+
+def _vendored(manifest: Manifest) -> dict[str, Source]:
+    """sources/<name>.crates folders (git-repos.txt cargo=) by folder name: not checkouts, the
+    crates of one (their bytes follow from its Cargo.lock, so its tree keys them)."""
+    return {f"{s.name}.crates": s for s in manifest.sources if s.cargo}
 
 
 def consumed_sources(recipe: Recipe, manifest: Manifest) -> list[Source]:
     """The sources a package's build reads: git-repos.txt `for=PKG` lines and the recipe's own
     `path: ../../sources/<name>` entries must name the same checkouts."""
     declared = {s.name for s in manifest.sources if s.consumer == recipe.name}
-    listed = set(recipe.sources)
+    vendored = _vendored(manifest)
+    listed = set(recipe.sources) - set(vendored)
     for name in sorted(listed - declared):
         src = manifest.get(name)
         if src.consumer is not None:
@@ -81,6 +89,14 @@ def consumed_sources(recipe: Recipe, manifest: Manifest) -> list[Source]:
             f"{manifest.path}:{src.line}: {name} is for={recipe.name}, but {recipe.file} does not copy it in",
             hint=f"add `- path: ../../sources/{name}` with `target_directory: {name}` to its source list",
         )
+    for folder, src in vendored.items():
+        if src.name in declared | listed and folder not in recipe.sources:
+            raise UsageError(
+                f"{manifest.path}:{src.line}: {src.name} has cargo={src.cargo}, but {recipe.file} does not "
+                f"copy in its vendored crates",
+                hint=f"add `- path: ../../sources/{folder}` with `target_directory: {folder}` to its "
+                "source list (the build has no network for crates.io)",
+            )
     return [manifest.get(n) for n in sorted(declared | listed)]
 
 
@@ -190,8 +206,11 @@ def _why(components: dict, record: dict | None, env: GpuEnv) -> str:
 
 def source_env(sources: list[Source]) -> str:
     """git-repos.txt `env=`/`subdir=` of a package's sources as `VAR=dir ...`, dirs relative to
-    $SRC_DIR: each checkout is copied in under its name (`target_directory: <name>`)."""
-    return " ".join(f"{s.env}={'/'.join(p for p in (s.name, s.subdir) if p)}" for s in sources if s.env)
+    $SRC_DIR: each checkout is copied in under its name (`target_directory: <name>`). A source with
+    cargo= adds CARGO_HOME=<name>.crates/.cargo: cargo then reads the [source] replacement that
+    clone-all saved there and builds from the vendored crates only."""
+    pairs = [f"{s.env}={'/'.join(p for p in (s.name, s.subdir) if p)}" for s in sources if s.env]
+    return " ".join(pairs + [f"CARGO_HOME={s.name}.crates/.cargo" for s in sources if s.cargo])
 
 
 def _reached(ws: Workspace, found: dict[str, Recipe]) -> set[str]:
@@ -265,6 +284,17 @@ def make_plan(
             )
             continue
         sources = consumed_sources(recipe, manifest)
+        unresolved = [s for s in sources if not s.resolved]
+        if unresolved:
+            items[name] = PlanItem(name, recipe.version, recipe.subdir, recipe, method=method)
+            items[name].status = "blocked"
+            items[name].reason = (
+                f"{manifest.path.name} has no commit yet for "
+                f"{', '.join(f'{s.name} (line {s.line}, from {s.how})' for s in unresolved)}: run "
+                f"`{resolve_command(*unresolved)}` "
+                "where the remotes are reachable, and commit the file"
+            )
+            continue
         for src in sources:
             if src.name not in states:
                 states[src.name] = source_state(ws, src)
@@ -273,6 +303,11 @@ def make_plan(
         items[name] = item
         stale = [s.name for s in sources if states[s.name].problem]
         problems = [f"sources/{n} {states[n].problem}" for n in stale]
+        crates = [
+            (s.name, p) for s in sources if s.cargo and s.name not in stale if (p := vendor_problem(ws, s))
+        ]
+        problems += [f"sources/{n} {p}" for n, p in crates]
+        stale += [n for n, _ in crates]
         if stale:
             problems.append(f"run `stackforge clone {' '.join(stale)}`")
         problems += [f"needs {d}, which is blocked" for d in deps if items[d].status == "blocked"]

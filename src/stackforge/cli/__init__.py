@@ -1,7 +1,7 @@
 """The `stackforge` command line: one entry point, thin command modules on top of the stages.
 
 Each module in COMMAND_MODULES has `register(groups)`, where `groups` maps "" (top level),
-"patches", "audit", "verify" and "stack" to argparse sub-parser collections; a command sets
+"patches", "audit", "verify", "stack" and "pins" to argparse sub-parser collections; a command sets
 `func(args) -> int`. Command modules import only the console and `cli.options` at load time and
 the stage that does the work inside `func`, so `stackforge --help` loads no build engine.
 """
@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "stackforge.cli.audit",  # audit kernels, audit binaries
     "stackforge.cli.run",  # doctor, preflight, run-args, serve, generate
     "stackforge.cli.stacks",  # stack new
+    "stackforge.cli.pins",  # pins resolve
 )
 
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("audit", "check kernels and binaries for the environment's GPUs"),
         ("verify", "verify properties of the built packages"),
         ("stack", "make stacks for other releases"),
+        ("pins", "resolve the commits git-repos.txt marks '-' (to be resolved)"),
     ):
         sub = top.add_parser(group, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         groups[group] = sub.add_subparsers(dest=f"{group}_command", metavar="COMMAND", parser_class=_Parser)

@@ -12,7 +12,9 @@ from stackforge.core.console import EXIT_FAILED, StackforgeError, UsageError, er
 
 EXIT_CODES = (
     "Exit codes: 0 every source is at pin + series; 1 failed, or a source was kept (left alone "
-    "because it has commits above the series: see its line); 2 bad usage."
+    "because it has commits above the series: see its line), or clone-all met a line whose commit "
+    "is not resolved yet ('-': `stackforge pins resolve` writes it); 2 bad usage, a named source "
+    "unresolved included."
 )
 
 CHECK_VERDICTS = (
@@ -50,7 +52,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         ):
             results.append(r)
             if not args.json:
-                colour = {"up-to-date": "green", "kept": "yellow", "skipped": "dim"}.get(r.action, "cyan")
+                colour = {"up-to-date": "green", "kept": "yellow", "skipped": "dim", "unresolved": "red"}.get(
+                    r.action, "cyan"
+                )
                 line = f"{r.name:<16} {r.head[:12]:<12} {r.detail}"
                 err.print(f"[{colour}]{r.action:>12}[/{colour}]  {escape(line)}")
     except StackforgeError as exc:
@@ -60,7 +64,15 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         print_json([asdict(r) for r in results])
     else:
         err.print(f"[dim]{len(results)} source(s) in {time.perf_counter() - started:.2f}s[/dim]")
-    return EXIT_FAILED if any(r.action == "kept" for r in results) else 0
+        unresolved = [r.name for r in results if r.action == "unresolved"]
+        if unresolved:
+            err.print(
+                escape(
+                    f"not cloned, no commit yet: {', '.join(unresolved)}; `stackforge pins resolve` (with the "
+                    "same --stack) writes them where the remotes are reachable: commit the file, run again"
+                )
+            )
+    return EXIT_FAILED if any(r.action in ("kept", "unresolved") for r in results) else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -83,7 +95,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     table = Table("source", "pin", "HEAD", "patches", "dirty", "state")
     for r in rows:
-        style = "green" if r.up_to_date and not r.dirty else "yellow"
+        style = "green" if r.up_to_date and not r.dirty else "red" if r.state == "unresolved" else "yellow"
         table.add_row(
             escape(r.name),
             r.pin[:12],
@@ -93,6 +105,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"[{style}]{r.state}[/{style}]",
         )
     out.print(table)
+    unresolved = [s for s in manifest.sources if not s.resolved]
+    if unresolved:
+        from stackforge.spec.manifest import resolve_command
+
+        err.print(
+            escape(
+                f"{len(unresolved)} line(s) of {manifest.path.name} have no commit yet "
+                f"({', '.join(f'{s.name}: line {s.line}' for s in unresolved)}): "
+                f"`{resolve_command(*unresolved)}` writes them"
+            )
+        )
     return 0
 
 
@@ -147,13 +170,15 @@ def _check(args: argparse.Namespace, report: dict) -> int:
     from stackforge.core.workspace import find_workspace
     from stackforge.sources.checkouts import has_commit, series_files
     from stackforge.sources.patches import check_series
-    from stackforge.spec.manifest import load_manifest
+    from stackforge.spec.manifest import load_manifest, require_resolved
 
     ws = find_workspace(args.root)
     manifest = load_manifest(ws.manifest)
     failed = False
     for name in args.names or [s.name for s in manifest.sources if series_files(ws, s.name)]:
         src = manifest.get(name)
+        if not args.rev:
+            require_resolved(src)
         dest = ws.checkout(name)
         if not (dest / ".git").exists():
             raise UsageError(f"sources/{name} is not cloned", hint=f"run `stackforge clone {name}` first")

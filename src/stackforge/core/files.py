@@ -15,12 +15,15 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
+def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> None:
     """Write `path` so that a reader (or a kill at any point) sees the old file or the new one, never
-    a part: a unique temporary file in the same folder, flushed, then renamed over the target."""
+    a part: a unique temporary file in the same folder, flushed, then renamed over the target.
+    `mode` sets the new file's permissions (mkstemp's are 0600), e.g. those of the file replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()

@@ -18,11 +18,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from stackforge.core.console import Failure, UsageError, echo_command, err, escape
 
@@ -125,8 +127,9 @@ class Git:
 
     def network(
         self, args: list[str], cwd: Path | None = None, *, what: str, cleanup: Path | None = None
-    ) -> None:
-        """Run a command that talks to a remote: stream its progress, retry with backoff.
+    ) -> str:
+        """Run a command that talks to a remote: stream its progress, retry with backoff; return
+        what it printed on stdout (`git ls-remote`'s answer).
 
         `cleanup` is removed before each retry, so a half-fetched clone never survives.
         """
@@ -139,10 +142,13 @@ class Git:
         for attempt in range(1, attempts + 1):
             self._announce(argv, cwd, True, f" attempt {attempt}/{attempts}")
             _test_kill("before")
-            code = _stream(argv, cwd, tail, self._record, show=tty and not self.quiet)
+            with tempfile.TemporaryFile() as stdout:  # a file, not a pipe: no deadlock with stderr's
+                code = _stream(argv, cwd, tail, self._record, show=tty and not self.quiet, stdout=stdout)
+                stdout.seek(0)
+                answer = stdout.read().decode("utf-8", errors="replace")
             _test_kill("after")
             if code == 0:
-                return
+                return answer
             if cleanup is not None:
                 _rmtree(cleanup)
             if _clear_stale_lock("\n".join(tail)):
@@ -161,12 +167,16 @@ class Git:
 
 
 def _stream(
-    argv: list[str], cwd: Path | None, tail: deque[str], record: Callable[[str], None], *, show: bool
+    argv: list[str],
+    cwd: Path | None,
+    tail: deque[str],
+    record: Callable[[str], None],
+    *,
+    show: bool,
+    stdout: IO[bytes],
 ) -> int:
     """Run argv, copying its stderr (git's progress) to ours in whole reads while keeping the last lines."""
-    proc = subprocess.Popen(
-        argv, cwd=cwd, env=_environ(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen(argv, cwd=cwd, env=_environ(None), stdout=stdout, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     pending = ""
     try:

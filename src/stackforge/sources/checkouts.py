@@ -26,7 +26,8 @@ from stackforge.sources.conflict import conflict_message
 from stackforge.sources.series import refuse_orphans, series_digest, series_files
 from stackforge.sources.state import State, patched_tree, read_state, write_state
 from stackforge.sources.untracked import colliding_untracked, save_untracked
-from stackforge.spec.manifest import Manifest, Source
+from stackforge.sources.vendor import vendor_crates
+from stackforge.spec.manifest import Manifest, Source, require_resolved, resolve_command
 from stackforge.spec.stack import load_stack
 
 __all__ = [
@@ -47,7 +48,7 @@ BACKUP_PREFIX = "refs/stackforge/backup"
 @dataclass
 class SyncResult:
     name: str
-    action: str  # cloned | updated | up-to-date | would-clone | would-update | kept | skipped
+    action: str  # cloned | updated | up-to-date | would-clone | would-update | kept | skipped | unresolved
     head: str = ""
     detail: str = ""
     backup: list[str] = field(default_factory=list)
@@ -61,7 +62,8 @@ class SourceStatus:
     patches: int
     applied: int
     dirty: bool
-    state: str  # up-to-date | not-cloned | pin-changed | patches-changed | extra-commits | failed | unknown
+    # up-to-date | not-cloned | pin-changed | patches-changed | extra-commits | failed | unknown | unresolved
+    state: str
 
     @property
     def up_to_date(self) -> bool:
@@ -100,8 +102,11 @@ class Checkouts:
     def status(self, src: Source) -> SourceStatus:
         dest = self.ws.checkout(src.name)
         series = series_files(self.ws, src.name)
-        if not (dest / ".git").exists():
-            return SourceStatus(src.name, src.commit, None, len(series), 0, False, "not-cloned")
+        cloned = (dest / ".git").exists()
+        if not src.resolved or not cloned:
+            state = "unresolved" if not src.resolved else "not-cloned"
+            head = Git(quiet=True).out(["rev-parse", "HEAD"], dest, check=False) if cloned else None
+            return SourceStatus(src.name, src.commit or "-", head or None, len(series), 0, False, state)
         git = Git(quiet=True)
         head = git.out(["rev-parse", "HEAD"], dest)
         dirty = self.dirty(dest, git)
@@ -118,9 +123,14 @@ class Checkouts:
         return waiting_lock(self.ws.state / "locks" / f"{name}.lock", f"working on sources/{name}")
 
     def sync(self, src: Source, *, force: bool = False, dry_run: bool = False) -> SyncResult:
+        require_resolved(src)
         self.ws.sources.mkdir(parents=True, exist_ok=True)
         with self.lock(src.name):
-            return self._sync_locked(src, force=force, dry_run=dry_run)
+            result = self._sync_locked(src, force=force, dry_run=dry_run)
+            if src.cargo and result.action in ("cloned", "updated", "up-to-date"):
+                note = vendor_crates(self.ws, src, quiet=self.quiet, dry_run=dry_run)
+                result.detail += f"; {note}" if note else ""
+            return result
 
     def _sync_locked(self, src: Source, *, force: bool, dry_run: bool) -> SyncResult:
         dest = self.ws.checkout(src.name)
@@ -351,6 +361,8 @@ def sync_each(
     refuse_orphans(ws, manifest)
     checkouts = Checkouts(ws, mirror=mirror, quiet=quiet)
     derived = set(load_stack(ws).derive) if ws.stack_file.is_file() and not names else set()
+    for src in manifest.select(names) if names else ():
+        require_resolved(src)  # a named source: refused before anything is done
     for src in manifest.select(names):
         if src.consumer in derived and not (ws.sources / src.name).exists():
             yield SyncResult(
@@ -358,6 +370,14 @@ def sync_each(
                 "skipped",
                 detail=f"{src.consumer} is derived from a conda-forge build (stack.yaml derive:); "
                 f"`stackforge clone {src.name}` fetches it for --from-source",
+            )
+            continue
+        if not src.resolved:
+            yield SyncResult(
+                src.name,
+                "unresolved",
+                detail=f"{src.where}: no commit yet (from {src.how}): run `{resolve_command(src)}` "
+                "where it is reachable, and commit the file",
             )
             continue
         yield checkouts.sync(src, force=force, dry_run=dry_run)

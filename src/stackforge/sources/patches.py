@@ -24,7 +24,7 @@ from stackforge.sources.series import (
     series_files,
 )
 from stackforge.sources.state import STATE_FILE, State, read_state, write_state
-from stackforge.spec.manifest import Source, load_manifest
+from stackforge.spec.manifest import Source, load_manifest, require_resolved
 
 # --zero-commit and -N keep a patch's bytes independent of the commit SHA and of the series
 # length; --full-index keeps index lines independent of how many objects a clone has.
@@ -61,7 +61,7 @@ def export_series(ws: Workspace, name: str, *, dry_run: bool = False, force: boo
     Refused, unless `force`, when the series on disk is not the one the checkout carries (edited
     since the checkout was made, or the checkout was left at the pin by a conflict): exporting
     would then shrink or revert the series."""
-    src = load_manifest(ws.manifest).get(name)
+    src = require_resolved(load_manifest(ws.manifest).get(name))
     checkouts = Checkouts(ws)
     with checkouts.lock(name):
         return _export(ws, checkouts, src, dry_run=dry_run, force=force)

@@ -9,7 +9,7 @@ commit field holding what was read, under a comment that says where and why: unc
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -44,6 +44,10 @@ class Row:
 def _keys(src: Source, ref: str | None) -> str:
     keys = [f"ref={ref}"] * bool(ref) + [f"for={src.consumer}"] * bool(src.consumer)
     keys += [f"env={src.env}"] * bool(src.env) + [f"subdir={src.subdir}"] * bool(src.subdir)
+    # where a '-' commit is read and the crates to vendor carry over; abbrev= is one commit's
+    keys += [f"pin={src.pin_from}"] * bool(src.pin_from and not ref) + [f"cargo={src.cargo}"] * bool(
+        src.cargo
+    )
     return " ".join(keys + ["submodules=none"] * (not src.submodules))
 
 
@@ -83,7 +87,9 @@ def old_lines(path: Path) -> list[OldLine]:
         src = parse_line(path, lineno, raw)
         m = _COMMENTED.fullmatch(raw.strip()) if src is None else None
         keys = dict(k.split("=", 1) for k in m[4].split()) if m else {}
-        if src is not None:
+        if src is not None and not src.resolved:  # a '-' line: no pin to carry over, like a commented one
+            found.append(OldLine(replace(src, commit=src.ref or "<unresolved>"), False, tuple(comments)))
+        elif src is not None:
             found.append(OldLine(src, True))
         elif m and set(keys) <= set(KEYS):
             sub = keys.get("submodules", "recursive") != "none"
@@ -97,6 +103,8 @@ def old_lines(path: Path) -> list[OldLine]:
                 keys.get("env"),
                 keys.get("for"),
                 keys.get("subdir"),
+                keys.get("pin"),
+                keys.get("cargo"),
             )
             found.append(OldLine(src, False, tuple(comments)))
         comments = [*comments, raw[1:].strip()] if raw.startswith("#") and src is None and not m else []
