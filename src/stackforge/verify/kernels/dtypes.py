@@ -9,9 +9,21 @@ float16 for the model types of `_FLOAT16_NOT_SUPPORTED_MODELS` (Gemma 2/3, PLaMo
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 _TORCH_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _parse(file: Path) -> ast.Module:
+    """The file's syntax tree, parsed once per content: the audit asks once per model case."""
+    st = file.stat()
+    return _parsed(str(file), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(path: str, mtime_ns: int, size: int) -> ast.Module:
+    return ast.parse(Path(path).read_text())
 
 
 def fp16_refused(vllm_src: Path) -> dict[str, str]:
@@ -19,7 +31,7 @@ def fp16_refused(vllm_src: Path) -> dict[str, str]:
     file = vllm_src / "vllm" / "config" / "model.py"
     if not file.is_file():
         return {}
-    tree = ast.parse(file.read_text())
+    tree = _parse(file)
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -34,7 +46,7 @@ def supported_dtypes(vllm_src: Path, arch: int) -> list[str]:
     file = vllm_src / "vllm" / "platforms" / "cuda.py"
     if not file.is_file():  # a partial tree: the first stack's answer for 6.0 <= arch < 8.0
         return ["bfloat16", "float16", "float32"] if arch >= 80 else ["float16", "float32"]
-    tree = ast.parse(file.read_text())
+    tree = _parse(file)
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "supported_dtypes":
             for stmt in node.body:
