@@ -174,3 +174,19 @@ def test_a_tree_that_sizes_hybrid_blocks_elsewhere_is_not_guessed(tree: Path) ->
     granite = next(m for m in models.models() if m.key == "granite4")
     with pytest.raises(NotImplementedError, match="not followed yet"):
         models.hybrid_block_size(newer, granite, "float16")
+
+
+def test_windowed_scenarios_are_longer_than_their_window() -> None:
+    """A windowed layer's prefill batch runs its first sequence past the window (so the numerics
+    run sees keys masked), by whole 16-token steps: the block table's stride stays a multiple of 16
+    and the lengths are runtime tensors, so the compile does not change."""
+    from stackforge.verify.kernels.cases_attention import DECODE, PREFILL, Attn
+
+    for window in (128, 1024, 2047, 4096):
+        a = Attn(128, sliding_window=window)
+        queries, seqs = a.pick(PREFILL)
+        assert queries == PREFILL[0] and seqs[1:] == PREFILL[1][1:]
+        assert seqs[0] - queries[0] >= window and (seqs[0] - PREFILL[1][0]) % 16 == 0
+        assert a.batch(queries, seqs)["max_blocks_per_seq"] % 16 == 0
+    assert Attn(128).pick(PREFILL) == (PREFILL[0], PREFILL[1])
+    assert Attn(128, lens=((3,), (9,)), sliding_window=128).pick(DECODE) == ([3], [9])

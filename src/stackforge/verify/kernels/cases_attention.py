@@ -52,7 +52,15 @@ class Attn:
                     sink_ptr=sink, USE_SINKS=self.sinks)  # fmt: skip
 
     def pick(self, default: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
-        return (list(self.lens[0]), list(self.lens[1])) if self.lens else default
+        """The batch: `lens`, else `default` with the first sequence made longer than a sliding
+        window by whole 16-token steps, so the numerics run sees the window remove keys. Lengths are
+        runtime tensors and the block table's stride stays a multiple of 16: the compile is the same."""
+        if self.lens:
+            return list(self.lens[0]), list(self.lens[1])
+        queries, seqs = list(default[0]), list(default[1])
+        if self.sliding_window:
+            seqs[0] += 16 * math.ceil(self.sliding_window / 16)
+        return queries, seqs
 
     @property
     def padded(self) -> int:
