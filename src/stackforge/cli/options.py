@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
 
 # A command whose `vllm_args` default is this takes every option it does not know as a vLLM
 # argument (`serve --model X --port 8001`); `main` fills the list.
@@ -63,3 +66,32 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def stream_actions(
+    rows: Iterable[Any],
+    *,
+    as_json: bool,
+    colours: dict[str, str],
+    default: str,
+    line: Callable[[Any], str],
+    width: int = 12,
+) -> list[Any]:
+    """Print each result of a long step as it arrives (its `action`, coloured, then `line(r)`), or
+    with --json collect them and print one JSON list at the end. A failure part-way carries the
+    results so far on the error, so `main` prints them with --json too."""
+    from stackforge.core.console import StackforgeError, err, escape, print_json
+
+    results: list[Any] = []
+    try:
+        for r in rows:
+            results.append(r)
+            if not as_json:
+                colour = colours.get(r.action, default)
+                err.print(f"[{colour}]{r.action:>{width}}[/{colour}]  {escape(line(r))}")
+    except StackforgeError as exc:
+        exc.results = [asdict(r) for r in results]
+        raise
+    if as_json:
+        print_json([asdict(r) for r in results])
+    return results

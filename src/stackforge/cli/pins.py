@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 
-from stackforge.cli.options import add_dry_run, add_json
-from stackforge.core.console import StackforgeError, err, escape, print_json
+from stackforge.cli.options import add_dry_run, add_json, stream_actions
+from stackforge.core.console import err, escape
 
 DESCRIPTION = (
     "Read the commit of each git-repos.txt line whose commit is '-' and write its full SHA into the "
@@ -23,6 +22,11 @@ EPILOG = (
 _COLOURS = {"resolved": "cyan", "updated": "cyan", "up-to-date": "green", "pinned": "dim"}
 
 
+def _line(r) -> str:
+    old = f"{r.old[:12]} -> " if r.old and r.old != r.commit else ""
+    return f"{r.name:<16} {old}{r.commit[:12]:<12} {r.how}"
+
+
 def _cmd_resolve(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
     from stackforge.sources.pins import resolve_pins
@@ -30,23 +34,13 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
 
     ws = find_workspace(args.root)
     manifest = load_manifest(ws.manifest)
-    results = []
-    try:
-        for r in resolve_pins(
-            ws, manifest, args.names or None, update=args.update, dry_run=args.dry_run, quiet=args.json
-        ):
-            results.append(r)
-            if not args.json:
-                colour = _COLOURS.get(r.action, "yellow")
-                old = f"{r.old[:12]} -> " if r.old and r.old != r.commit else ""
-                line = f"{r.name:<16} {old}{r.commit[:12]:<12} {r.how}"
-                err.print(f"[{colour}]{r.action:>13}[/{colour}]  {escape(line)}")
-    except StackforgeError as exc:
-        exc.results = [asdict(r) for r in results]  # main prints them with --json
-        raise
-    if args.json:
-        print_json([asdict(r) for r in results])
-    elif any(r.action in ("resolved", "updated") for r in results):
+    rows = resolve_pins(
+        ws, manifest, args.names or None, update=args.update, dry_run=args.dry_run, quiet=args.json
+    )
+    results = stream_actions(
+        rows, as_json=args.json, colours=_COLOURS, default="yellow", line=_line, width=13
+    )
+    if not args.json and any(r.action in ("resolved", "updated") for r in results):
         err.print(escape(f"wrote {manifest.path}: review and commit it (git diff {manifest.path.name})"))
     return 0
 

@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import asdict
 
-from stackforge.cli.options import add_dry_run, add_json
+from stackforge.cli.options import add_dry_run, add_json, stream_actions
 from stackforge.core.console import EXIT_FAILED, StackforgeError, UsageError, err, escape, out, print_json
 
 EXIT_CODES = (
@@ -36,33 +36,32 @@ def _mirror_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_SYNC_COLOURS = {"up-to-date": "green", "kept": "yellow", "skipped": "dim", "unresolved": "red"}
+
+
+def _sync_line(r) -> str:
+    return f"{r.name:<16} {r.head[:12]:<12} {r.detail}"
+
+
 def _cmd_sync(args: argparse.Namespace) -> int:
     from stackforge.core.workspace import find_workspace
     from stackforge.sources.checkouts import sync_each
     from stackforge.spec.manifest import load_manifest
 
     started = time.perf_counter()
-    results = []
-    try:
+
+    def rows():  # the workspace is read inside, so its faults reach --json like a clone's
         ws = find_workspace(args.root)
         manifest = load_manifest(ws.manifest)
         names = getattr(args, "names", None) or None
-        for r in sync_each(
+        yield from sync_each(
             ws, manifest, names, mirror=args.mirror, force=args.force, dry_run=args.dry_run, quiet=args.json
-        ):
-            results.append(r)
-            if not args.json:
-                colour = {"up-to-date": "green", "kept": "yellow", "skipped": "dim", "unresolved": "red"}.get(
-                    r.action, "cyan"
-                )
-                line = f"{r.name:<16} {r.head[:12]:<12} {r.detail}"
-                err.print(f"[{colour}]{r.action:>12}[/{colour}]  {escape(line)}")
-    except StackforgeError as exc:
-        exc.results = [asdict(r) for r in results]  # main prints them with --json
-        raise
-    if args.json:
-        print_json([asdict(r) for r in results])
-    else:
+        )
+
+    results = stream_actions(
+        rows(), as_json=args.json, colours=_SYNC_COLOURS, default="cyan", line=_sync_line
+    )
+    if not args.json:
         err.print(f"[dim]{len(results)} source(s) in {time.perf_counter() - started:.2f}s[/dim]")
         unresolved = [r.name for r in results if r.action == "unresolved"]
         if unresolved:
