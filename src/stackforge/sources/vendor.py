@@ -18,14 +18,13 @@ keeps the crates it had fetched).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from stackforge.core.console import Failure, echo_command, info
-from stackforge.core.files import atomic_write
+from stackforge.core.files import atomic_write, sha256_file
 from stackforge.core.workspace import Workspace
 from stackforge.spec.manifest import Source
 
@@ -45,7 +44,7 @@ def cargo_lock(ws: Workspace, src: Source) -> Path:
 
 def lock_digest(ws: Workspace, src: Source) -> str | None:
     lock = cargo_lock(ws, src)
-    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
+    return sha256_file(lock) if lock.is_file() else None
 
 
 def vendor_problem(ws: Workspace, src: Source) -> str:
@@ -97,7 +96,7 @@ def vendor_crates(ws: Workspace, src: Source, *, quiet: bool = False, dry_run: b
     try:
         config = _cargo_vendor(ws, src, cargo, tmp, quiet=quiet)
         atomic_write(tmp / CONFIG, config)
-        atomic_write(tmp / DIGEST, hashlib.sha256(lock.read_bytes()).hexdigest() + "\n")
+        atomic_write(tmp / DIGEST, f"{lock_digest(ws, src)}\n")
         _replace(folder, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

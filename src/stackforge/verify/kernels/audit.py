@@ -90,6 +90,7 @@ def select_cases(
             f"no model {', '.join(unknown)} in the model list", hint=f"models: all, {', '.join(rows)}"
         )
     wanted = set(rows) if "all" in models else set(models)
+    owners = {c.id: case_models(c, rows.values()) for c in cases}  # the rows each case belongs to
 
     def keep(c: Case) -> bool:
         if c.opt_in:
@@ -97,12 +98,14 @@ def select_cases(
         if c.reach == "option":
             return options
         if c.reach == "model":  # kernels of families outside the list (encoder towers, mrope) stay in
-            owners = case_models(c, rows.values())
-            return "all" in models or not owners or bool(owners & wanted)
+            return "all" in models or not owners[c.id] or bool(owners[c.id] & wanted)
         return True
 
     chosen = [c for c in cases if keep(c)]
     audited = {c.kernel for c in chosen}
+    by_kernel: dict[str, set[str]] = {}
+    for c in cases:
+        by_kernel.setdefault(c.kernel, set()).update(owners[c.id])
     skipped: dict[str, str] = {}
     for c in cases:
         if c.kernel in audited or c.kernel in skipped:
@@ -112,8 +115,7 @@ def select_cases(
         elif c.reach == "option":
             skipped[c.kernel] = f"{c.reached_by}: --options (or --kernels {c.kernel})"
         else:
-            keys = sorted({k for d in cases if d.kernel == c.kernel for k in case_models(d, rows.values())})
-            skipped[c.kernel] = f"{c.reached_by}: --model {','.join(keys) or 'all'}"
+            skipped[c.kernel] = f"{c.reached_by}: --model {','.join(sorted(by_kernel[c.kernel])) or 'all'}"
     return chosen, skipped
 
 

@@ -9,21 +9,11 @@ float16 for the model types of `_FLOAT16_NOT_SUPPORTED_MODELS` (Gemma 2/3, PLaMo
 from __future__ import annotations
 
 import ast
-import functools
 from pathlib import Path
 
+from stackforge.verify.kernels.tree import parse
+
 _TORCH_DTYPES = ("float16", "bfloat16", "float32")
-
-
-def _parse(file: Path) -> ast.Module:
-    """The file's syntax tree, parsed once per content: the audit asks once per model case."""
-    st = file.stat()
-    return _parsed(str(file), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=16)
-def _parsed(path: str, mtime_ns: int, size: int) -> ast.Module:
-    return ast.parse(Path(path).read_text())
 
 
 def fp16_refused(vllm_src: Path) -> dict[str, str]:
@@ -31,7 +21,8 @@ def fp16_refused(vllm_src: Path) -> dict[str, str]:
     file = vllm_src / "vllm" / "config" / "model.py"
     if not file.is_file():
         return {}
-    tree = _parse(file)
+    tree = parse(file)
+    assert tree is not None  # is_file() above
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -46,7 +37,8 @@ def supported_dtypes(vllm_src: Path, arch: int) -> list[str]:
     file = vllm_src / "vllm" / "platforms" / "cuda.py"
     if not file.is_file():  # a partial tree: the first stack's answer for 6.0 <= arch < 8.0
         return ["bfloat16", "float16", "float32"] if arch >= 80 else ["float16", "float32"]
-    tree = _parse(file)
+    tree = parse(file)
+    assert tree is not None  # is_file() above
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "supported_dtypes":
             for stmt in node.body:

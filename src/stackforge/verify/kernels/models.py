@@ -36,7 +36,7 @@ from typing import Any
 from stackforge.verify.kernels.cases_attention import Attn
 from stackforge.verify.kernels.launch import DType, Launch
 from stackforge.verify.kernels.model_table import ROWS
-from stackforge.verify.kernels.tree import tree_root
+from stackforge.verify.kernels.tree import parse, tree_root
 
 KERNEL_BLOCK_ALIGNMENT = 16  # HybridAttentionMambaModelConfig: kernel_block_alignment_size (not MLA)
 
@@ -83,11 +83,11 @@ def models(rows: Iterable[dict[str, Any]] = ROWS) -> list[Model]:
 # --- hybrid models: the attention block size -----------------------------------------------------
 
 
-@functools.cache
 def _source(file: Path) -> ast.Module:
-    if not file.is_file():
+    tree = parse(file)
+    if tree is None:
         raise FileNotFoundError(f"{file} (the tree lacks what the hybrid block size is read from)")
-    return ast.parse(file.read_text())
+    return tree
 
 
 def _exec(nodes: list[ast.stmt], file: Path, namespace: dict[str, Any]) -> dict[str, Any]:

@@ -47,8 +47,8 @@ def local_bytes(sass: str) -> tuple[int, int]:
     the "bytes spill stores" and "bytes spill loads" of `ptxas -v`."""
     out = {"STL": 0, "LDL": 0}
     for m in _LOCAL.finditer(sass):
-        width = next((w for mod, w in _WIDTH.items() if mod in re.findall(r"\.[A-Z0-9]+", m[2])), 4)
-        out[m[1]] += width
+        mods = {f".{mod}" for mod in m[2].split(".") if mod}  # split once, not once per width
+        out[m[1]] += next((w for mod, w in _WIDTH.items() if mod in mods), 4)
     return out["STL"], out["LDL"]
 
 

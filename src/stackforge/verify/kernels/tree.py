@@ -28,14 +28,23 @@ def tree_root(module: ModuleType) -> Path | None:
     return Path(file).resolve().parents[name.count(".")]
 
 
-@functools.cache
-def _parse(path: Path) -> ast.Module | None:
-    return ast.parse(path.read_text()) if path.is_file() else None
+def parse(path: Path) -> ast.Module | None:
+    """The syntax tree of a tree's file, None where there is no such file. Parsed once per content
+    (path, modification time, size): the audit asks one tree many questions, once per case."""
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return _parsed(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(path: str, mtime_ns: int, size: int) -> ast.Module:
+    return ast.parse(Path(path).read_text())
 
 
 def _source(module: ModuleType) -> ast.Module | None:
     file = getattr(module, "__file__", None)
-    return _parse(Path(file)) if file else None
+    return parse(Path(file)) if file else None
 
 
 def _function(tree: ast.Module | None, name: str) -> ast.FunctionDef | None:
@@ -47,7 +56,7 @@ def _function(tree: ast.Module | None, name: str) -> ast.FunctionDef | None:
 
 def module_constant(root: Path | None, rel: str, name: str) -> Any:
     """The literal a module assigns to `name` at its top level; None when it assigns none."""
-    tree = _parse(root / rel) if root else None
+    tree = parse(root / rel) if root else None
     for node in tree.body if tree else ():
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == name for t in node.targets
@@ -97,17 +106,17 @@ def flash_cache_layout(root: Path | None) -> tuple[int, ...] | None:
     """
     if root is None:
         return None
-    forward = _function(_parse(root / _TRITON_ATTN), "forward")
+    forward = _function(parse(root / _TRITON_ATTN), "forward")
     if forward is None or _calls(forward, "unbind") or not _calls(forward, "split"):
         return None
-    preference = _parse(root / _PREFERENCE)
+    preference = parse(root / _PREFERENCE)
     first = None
     for node in preference.body if preference else ():
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "_DEFAULT_LAYOUT_PREFERENCE" for t in node.targets
         ):
             first = node.value.elts[0].attr if isinstance(node.value, ast.Tuple) else None
-    layouts = _parse(root / _LAYOUTS)
+    layouts = parse(root / _LAYOUTS)
     for node in ast.walk(layouts) if layouts and first else ():
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == first for t in node.targets
